@@ -1,0 +1,89 @@
+//! `dw3x3_s1p1_<R>x<LANES>__<lanes>`: one band of `R` output rows x one
+//! vector of `LANES` output columns of a depthwise 3x3 convolution, stride 1,
+//! padding 1, read straight from the unpadded input plane.
+//!
+//! ```text
+//! out[oy][ox] = A(bias + Σ_{ky,kx<3} w[ky][kx] · in[oy+ky-1][ox+kx-1])
+//!                                        oy in oy0..oy0+R, ox in ox0..ox0+LANES
+//!
+//! input row iy = oy0-1+i (i in 0..R+2) is loaded once, as three shifted vectors
+//!   l = in[iy][ox0-1 ..] & mask_l     (kx = 0)
+//!   c = in[iy][ox0   ..]              (kx = 1)
+//!   r = in[iy][ox0+1 ..] & mask_r     (kx = 2)
+//! and feeds every output row j with ky = i - j in 0..3:
+//!
+//!            i=0      i=1      i=2      i=3      i=4      i=5      (R = 4)
+//!   acc[0]   ky=0     ky=1     ky=2
+//!   acc[1]            ky=0     ky=1     ky=2
+//!   acc[2]                     ky=0     ky=1     ky=2
+//!   acc[3]                              ky=0     ky=1     ky=2
+//! ```
+//! So a step costs `3(R+2)` loads and `9R` FMAs for `R` output vectors.
+//! Accumulators start from the bias; the activation is applied in registers
+//! before the store.
+//!
+//! Horizontal padding: `mask_l` / `mask_r` are bit masks (all-ones or zero per
+//! lane) that clear the lanes whose tap falls left of column 0 or right of
+//! column `w-1` (those lanes read the neighbouring row). A bitwise AND clears a
+//! NaN too, so a NaN in a neighbouring row never leaks. Vertical padding is
+//! compile-time: `TOP` skips input row `oy0-1`, `BOT` skips row `oy0+R`.
+//! Lanes past the end of the row compute garbage the driver never keeps.
+//!
+//! Packed weights per channel: `[bias, w00, w01, w02, w10, .., w22]`, splatted
+//! by the driver into `k: [V; 10]`.
+//!
+//! Preconditions (asserted once at entry): every index read,
+//! `in_off - 1 - (!TOP as usize) * w .. in_off + (R - BOT as usize) * w + 1 + LANES`,
+//! lies in `input`, and `out_off + (R-1)*ow + LANES <= output.len()`.
+
+use crate::act::Act;
+use crate::lanes::{LANES, V, load, store};
+
+/// Computes one `R x LANES` output block; see the module docs.
+///
+/// `in_off` is the index of `in[oy0][ox0]`, `w` the input row stride,
+/// `out_off` the index of `out[oy0][ox0]` and `ow` the output row stride.
+///
+/// # Panics
+/// If any of the preconditions in the module docs does not hold.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, A: Act>(
+    k: &[V; 10],
+    input: &[f32],
+    in_off: usize,
+    w: usize,
+    mask_l: V,
+    mask_r: V,
+    output: &mut [f32],
+    out_off: usize,
+    ow: usize,
+) {
+    // Input rows oy0-1+i for i in first..=last; row 0 / row R+1 are padding
+    // under TOP / BOT and are skipped at compile time.
+    let first = if TOP { 1 } else { 0 };
+    let last = if BOT { R } else { R + 1 };
+    assert!(in_off + first * w > w, "band reads before the input");
+    assert!(in_off + last * w + 1 + LANES <= input.len() + w, "band reads past the input");
+    assert!(out_off + (R - 1) * ow + LANES <= output.len(), "band writes past the output");
+
+    let mut acc = [k[0]; R];
+    for i in first..=last {
+        let base = in_off + i * w - w;
+        let l = load(input, base - 1) & mask_l;
+        let c = load(input, base);
+        let r = load(input, base + 1) & mask_r;
+        for (j, a) in acc.iter_mut().enumerate() {
+            // Output row j uses input rows j..j+3, i.e. ky = i - j.
+            if i >= j && i - j < 3 {
+                let ky = i - j;
+                *a = l.mul_add(k[1 + 3 * ky], *a);
+                *a = c.mul_add(k[2 + 3 * ky], *a);
+                *a = r.mul_add(k[3 + 3 * ky], *a);
+            }
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        store(output, out_off + j * ow, A::apply(*a));
+    }
+}

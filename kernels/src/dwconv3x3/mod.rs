@@ -1,0 +1,385 @@
+//! Depthwise 3x3 convolution, padding 1, stride 1 and 2 (PyTorch semantics,
+//! `groups = channels = out channels`):
+//! `out[c][oy][ox] = A(bias[c] + Σ_{ky,kx<3} w[c][ky][kx] · in[c][oy*s+ky-1][ox*s+kx-1])`,
+//! taps outside the input are zero; `oh = (h - 1) / s + 1`, `ow = (w - 1) / s + 1`.
+//!
+//! # Packed weight layout (bias-first, one block per channel)
+//! ```text
+//! channel c: [ bias[c] | w[c][0][0] w[c][0][1] w[c][0][2] w[c][1][0] .. w[c][2][2] ]
+//!              1 float    9 floats, row-major (ky, kx)
+//! ```
+//! [`PACKED_PER_CHANNEL`] = 10 floats; the driver splats them into registers
+//! once per channel.
+//!
+//! # Drivers
+//! Both drivers vectorise along W and compute bands of `R` output rows per
+//! step, so each loaded input row feeds every output row that uses it.
+//! - LOOP 1 walks the channels (planes), in order.
+//! - LOOP 2 walks bands of `R` output rows. The last band is moved up to end at
+//!   `oh` (it recomputes a few rows, bit-identically) instead of running a
+//!   narrower kernel; planes with `oh < R` use one narrower band.
+//! - LOOP 3 walks vectors of `LANES` output columns. When `ow >= LANES` the
+//!   last vector is moved left to end at `ow` (overlap, no tail); when
+//!   `ow < LANES` one vector covers the row and its extra lanes spill into the
+//!   next row(s), which are stored later and overwrite them. Stores therefore
+//!   go in increasing address order within a channel and across channels.
+//!
+//! Stride 1 reads the input plane in place: horizontal padding is two lane
+//! masks (see [`dw3x3_s1p1_band`]), vertical padding a compile-time choice of
+//! kernel. Stride 2 first de-interleaves each input row into even / odd column
+//! rows of a zero-padded scratch plane, so every tap is a contiguous load.
+//!
+//! Planes whose vector loads or spilling stores would leave the caller's slices
+//! (the first plane and the last one or few) run the same kernels on a copy in
+//! the scratch buffer, and only their valid outputs are copied back: the
+//! drivers never touch memory outside `input[..channels*h*w]` and
+//! `output[..channels*oh*ow]`.
+//!
+//! NaN: a NaN input reaches exactly the outputs whose taps include it (padding
+//! lanes are cleared with a bitwise AND, which clears NaN too), and ReLU keeps
+//! NaN (see [`crate::act`]).
+
+#![allow(non_snake_case)]
+
+mod dw3x3_s1p1;
+mod dw3x3_s2p1;
+
+pub use dw3x3_s1p1::dw3x3_s1p1_band;
+pub use dw3x3_s2p1::dw3x3_s2p1_band;
+
+use crate::act::Act;
+use crate::lanes::{LANES, V};
+
+/// Output rows per stride-1 band.
+pub const R_S1: usize = 4;
+/// Output rows per stride-2 band.
+pub const R_S2: usize = 4;
+
+/// The stride-1 kernel's name, `dw3x3_s1p1_<R>x<LANES>__<lanes>`.
+#[cfg(target_feature = "avx512f")]
+pub const NAME_S1: &str = "dw3x3_s1p1_4x16__x16";
+/// The stride-1 kernel's name, `dw3x3_s1p1_<R>x<LANES>__<lanes>`.
+#[cfg(not(target_feature = "avx512f"))]
+pub const NAME_S1: &str = "dw3x3_s1p1_4x8__x8";
+/// The stride-2 kernel's name, `dw3x3_s2p1_<R>x<LANES>__<lanes>`.
+#[cfg(target_feature = "avx512f")]
+pub const NAME_S2: &str = "dw3x3_s2p1_4x16__x16";
+/// The stride-2 kernel's name, `dw3x3_s2p1_<R>x<LANES>__<lanes>`.
+#[cfg(not(target_feature = "avx512f"))]
+pub const NAME_S2: &str = "dw3x3_s2p1_4x8__x8";
+
+/// Floats of packed weights per channel: `[bias, w0..w8]`.
+pub const PACKED_PER_CHANNEL: usize = 10;
+
+/// Output height (or width) of a 3x3, padding-1 convolution with `stride`.
+#[inline]
+fn out_dim(d: usize, stride: usize) -> usize {
+    (d - 1) / stride + 1
+}
+
+/// Floats the stride-1 driver copies an edge plane into: one leading pad
+/// float, the plane, and the vector overhang of the last row plus one.
+#[inline]
+fn s1_in_region(h: usize, w: usize) -> usize {
+    1 + (h - 1) * w + w.max(LANES) + 1
+}
+
+/// Floats an edge plane's output needs: the plane plus the last row's spill.
+#[inline]
+fn out_region(oh: usize, ow: usize) -> usize {
+    (oh - 1) * ow + ow.max(LANES)
+}
+
+/// Row stride of the stride-2 de-interleaved scratch planes.
+#[inline]
+fn s2_row_stride(ow: usize) -> usize {
+    ow.max(LANES) + 1
+}
+
+/// Floats of scratch one call of [`dw3x3_s1p1`] (`stride == 1`) or
+/// [`dw3x3_s2p1`] (`stride == 2`) needs for `h x w` input planes.
+///
+/// # Panics
+/// If `h == 0`, `w == 0` or `stride` is not 1 or 2.
+pub fn scratch_len(h: usize, w: usize, stride: usize) -> usize {
+    assert!(h >= 1 && w >= 1, "planes must be at least 1x1");
+    let (oh, ow) = (out_dim(h, stride), out_dim(w, stride));
+    match stride {
+        1 => s1_in_region(h, w) + out_region(oh, ow),
+        2 => 2 * (h + 2) * s2_row_stride(ow) + out_region(oh, ow),
+        _ => panic!("stride must be 1 or 2"),
+    }
+}
+
+/// Packs OIHW depthwise `weights[c][0][3][3]` and an optional `bias[c]` into
+/// `dst` in the layout documented at the top of this module (a missing bias
+/// packs as zero).
+///
+/// # Panics
+/// If `weights.len() != 9 * channels`, `bias` is not `channels` long, or
+/// `dst.len() != channels * PACKED_PER_CHANNEL`.
+pub fn pack_weights(weights: &[f32], bias: Option<&[f32]>, channels: usize, dst: &mut [f32]) {
+    assert_eq!(weights.len(), 9 * channels, "weights must be channels * 9");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), channels, "bias must be channels long");
+    }
+    assert_eq!(
+        dst.len(),
+        channels * PACKED_PER_CHANNEL,
+        "dst must be channels * PACKED_PER_CHANNEL"
+    );
+    for (c, (blk, w9)) in
+        dst.chunks_exact_mut(PACKED_PER_CHANNEL).zip(weights.chunks_exact(9)).enumerate()
+    {
+        blk[0] = bias.map_or(0.0, |b| b[c]);
+        blk[1..].copy_from_slice(w9);
+    }
+}
+
+/// One depthwise 3x3 problem on slices: `channels` consecutive planes.
+#[derive(Debug)]
+pub struct Dw3x3Args<'a> {
+    /// Number of planes (channels) to compute.
+    pub channels: usize,
+    /// Input plane height.
+    pub h: usize,
+    /// Input plane width.
+    pub w: usize,
+    /// Packed weights, `channels * PACKED_PER_CHANNEL` floats (see [`pack_weights`]).
+    pub packed: &'a [f32],
+    /// Input, `channels * h * w` floats: contiguous row-major planes.
+    pub input: &'a [f32],
+    /// Output, `channels * oh * ow` floats: contiguous row-major planes.
+    pub output: &'a mut [f32],
+}
+
+/// Checks the common preconditions and returns `(oh, ow)`.
+fn check_args(args: &Dw3x3Args<'_>, stride: usize, scratch: &[f32]) -> (usize, usize) {
+    let Dw3x3Args { channels, h, w, .. } = *args;
+    assert!(h >= 1 && w >= 1, "planes must be at least 1x1");
+    let (oh, ow) = (out_dim(h, stride), out_dim(w, stride));
+    let n_in =
+        channels.checked_mul(h).and_then(|x| x.checked_mul(w)).expect("input size overflows");
+    let n_out = channels * oh * ow;
+    assert!(args.packed.len() >= channels * PACKED_PER_CHANNEL, "packed weights too short");
+    assert!(args.input.len() >= n_in, "input too short");
+    assert!(args.output.len() >= n_out, "output too short");
+    assert!(scratch.len() >= scratch_len(h, w, stride), "scratch too short");
+    (oh, ow)
+}
+
+/// Splats one channel's packed block into registers.
+#[inline(always)]
+fn splat_weights(blk: &[f32]) -> [V; 10] {
+    let mut k = [V::ZERO; 10];
+    for (v, &x) in k.iter_mut().zip(blk[..PACKED_PER_CHANNEL].iter()) {
+        *v = V::splat(x);
+    }
+    k
+}
+
+/// The first output column of column vector `j` of a row of `ow` outputs.
+#[inline(always)]
+fn col_start(j: usize, ow: usize) -> usize {
+    (j * LANES).min(ow.saturating_sub(LANES))
+}
+
+/// Depthwise 3x3, stride 1, padding 1: computes `output[..channels*h*w]`
+/// from `input[..channels*h*w]` (see the module docs for the formula).
+///
+/// Writes exactly `output[..channels*h*w]` and reads only
+/// `input[..channels*h*w]`, `packed[..channels*PACKED_PER_CHANNEL]` and
+/// `scratch[..scratch_len(h, w, 1)]`. Does not allocate.
+///
+/// # Panics
+/// If `h == 0` or `w == 0`, if `packed`, `input` or `output` is shorter than
+/// the shapes imply, or if `scratch.len() < scratch_len(h, w, 1)`.
+pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+    let (oh, ow) = check_args(&args, 1, scratch);
+    let Dw3x3Args { channels, h, w, packed, input, output } = args;
+    let hw = h * w;
+    let input = &input[..channels * hw];
+    let output = &mut output[..channels * hw];
+
+    // Lane masks: `all` keeps every lane, `ml0` clears lane 0 (the left tap of
+    // column 0), `mr_last` clears the right tap of column w-1 in the row's last
+    // vector (lane w-1 when w < LANES, lane LANES-1 when it is moved to end at w).
+    let ones = f32::from_bits(u32::MAX);
+    let all = V::splat(ones);
+    let mut m = [ones; LANES];
+    m[0] = 0.0;
+    let ml0 = V::new(m);
+    let mut m = [ones; LANES];
+    m[w.min(LANES) - 1] = 0.0;
+    let mr_last = V::new(m);
+    let ncol = w.div_ceil(LANES);
+
+    let plane = |k: &[V; 10], src: &[f32], in_off: usize, dst: &mut [f32], out_off: usize| {
+        // LOOP 2: bands of R_S1 output rows (the last one moved up to end at oh).
+        let nband = oh.div_ceil(R_S1);
+        for b in 0..nband {
+            let oy0 = (b * R_S1).min(oh.saturating_sub(R_S1));
+            let rows = oh.min(R_S1);
+            let top = oy0 == 0;
+            let bot = oy0 + rows == oh;
+            // LOOP 3: column vectors (the last one moved left to end at ow).
+            for j in 0..ncol {
+                let ox0 = col_start(j, ow);
+                let ml = if ox0 == 0 { ml0 } else { all };
+                let mr = if j + 1 == ncol { mr_last } else { all };
+                let io = in_off + oy0 * w + ox0;
+                let oo = out_off + oy0 * ow + ox0;
+                s1_band::<A>(rows, top, bot, k, src, io, w, ml, mr, dst, oo, ow);
+            }
+        }
+    };
+
+    let (s_in, s_out) = scratch.split_at_mut(s1_in_region(h, w));
+    let s_out = &mut s_out[..out_region(oh, ow)];
+    // LOOP 1: channels, in order (spilling stores rely on it).
+    for c in 0..channels {
+        let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
+        let fast = c >= 1
+            && c * hw + s1_in_region(h, w) - 1 <= input.len()
+            && c * hw + out_region(oh, ow) <= output.len();
+        if fast {
+            plane(&k, input, c * hw, output, c * hw);
+        } else {
+            // Edge plane: a copy with one zero before it and zeros after it.
+            s_in[0] = 0.0;
+            s_in[1..1 + hw].copy_from_slice(&input[c * hw..(c + 1) * hw]);
+            s_in[1 + hw..].fill(0.0);
+            plane(&k, s_in, 1, s_out, 0);
+            output[c * hw..(c + 1) * hw].copy_from_slice(&s_out[..hw]);
+        }
+    }
+}
+
+/// Runs the stride-1 band kernel instantiated for `rows` rows and the given
+/// vertical padding (`rows < R_S1` only when the plane has fewer rows, so
+/// then both `top` and `bot` hold).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn s1_band<A: Act>(
+    rows: usize,
+    top: bool,
+    bot: bool,
+    k: &[V; 10],
+    input: &[f32],
+    io: usize,
+    w: usize,
+    ml: V,
+    mr: V,
+    output: &mut [f32],
+    oo: usize,
+    ow: usize,
+) {
+    match (rows, top, bot) {
+        (R_S1, false, false) => {
+            dw3x3_s1p1_band::<R_S1, false, false, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        (R_S1, true, false) => {
+            dw3x3_s1p1_band::<R_S1, true, false, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        (R_S1, false, true) => {
+            dw3x3_s1p1_band::<R_S1, false, true, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        (R_S1, true, true) => {
+            dw3x3_s1p1_band::<R_S1, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        (1, true, true) => {
+            dw3x3_s1p1_band::<1, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        (2, true, true) => {
+            dw3x3_s1p1_band::<2, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        (3, true, true) => {
+            dw3x3_s1p1_band::<3, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        _ => unreachable!("band of {rows} rows (top {top}, bot {bot})"),
+    }
+}
+
+/// Depthwise 3x3, stride 2, padding 1: computes `output[..channels*oh*ow]`,
+/// `oh = (h+1)/2`, `ow = (w+1)/2`, from `input[..channels*h*w]` (see the
+/// module docs for the formula).
+///
+/// Writes exactly `output[..channels*oh*ow]` and reads only
+/// `input[..channels*h*w]`, `packed[..channels*PACKED_PER_CHANNEL]` and
+/// `scratch[..scratch_len(h, w, 2)]`. Does not allocate.
+///
+/// # Panics
+/// If `h == 0` or `w == 0`, if `packed`, `input` or `output` is shorter than
+/// the shapes imply, or if `scratch.len() < scratch_len(h, w, 2)`.
+pub fn dw3x3_s2p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+    let (oh, ow) = check_args(&args, 2, scratch);
+    let Dw3x3Args { channels, h, w, packed, input, output } = args;
+    let (hw, ohw) = (h * w, oh * ow);
+    let input = &input[..channels * hw];
+    let output = &mut output[..channels * ohw];
+
+    let ws = s2_row_stride(ow);
+    let plane_len = (h + 2) * ws;
+    let (e, rest) = scratch.split_at_mut(plane_len);
+    let (o, rest) = rest.split_at_mut(plane_len);
+    let s_out = &mut rest[..out_region(oh, ow)];
+    // Scratch rows 0 and h+1 are the vertical padding; they stay zero.
+    e[..ws].fill(0.0);
+    o[..ws].fill(0.0);
+    e[(h + 1) * ws..].fill(0.0);
+    o[(h + 1) * ws..].fill(0.0);
+    let ncol = ow.div_ceil(LANES);
+    let nband = oh.div_ceil(R_S2);
+
+    // LOOP 1: channels, in order (spilling stores rely on it).
+    for c in 0..channels {
+        let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
+        // De-interleave the plane: row iy goes to scratch row iy+1.
+        for (iy, row) in input[c * hw..(c + 1) * hw].chunks_exact(w).enumerate() {
+            let r = (iy + 1) * ws;
+            deinterleave(row, &mut e[r..r + ws], &mut o[r..r + ws]);
+        }
+        let fast = c * ohw + out_region(oh, ow) <= output.len();
+        let (dst, out_off) = if fast { (&mut *output, c * ohw) } else { (&mut *s_out, 0) };
+        // LOOP 2: bands of R_S2 output rows (the last one moved up to end at oh).
+        for b in 0..nband {
+            let oy0 = (b * R_S2).min(oh.saturating_sub(R_S2));
+            let rows = oh.min(R_S2);
+            // LOOP 3: column vectors (the last one moved left to end at ow).
+            for j in 0..ncol {
+                let ox0 = col_start(j, ow);
+                let eo = 2 * oy0 * ws + ox0;
+                let oo = out_off + oy0 * ow + ox0;
+                match rows {
+                    R_S2 => dw3x3_s2p1_band::<R_S2, A>(&k, e, o, eo, ws, dst, oo, ow),
+                    1 => dw3x3_s2p1_band::<1, A>(&k, e, o, eo, ws, dst, oo, ow),
+                    2 => dw3x3_s2p1_band::<2, A>(&k, e, o, eo, ws, dst, oo, ow),
+                    3 => dw3x3_s2p1_band::<3, A>(&k, e, o, eo, ws, dst, oo, ow),
+                    _ => unreachable!("band of {rows} rows"),
+                }
+            }
+        }
+        if !fast {
+            output[c * ohw..(c + 1) * ohw].copy_from_slice(&s_out[..ohw]);
+        }
+    }
+}
+
+/// Splits one input row into even columns `e[j] = row[2j]` and shifted odd
+/// columns `o[0] = 0`, `o[j+1] = row[2j+1]`, zero-filling both to their ends.
+#[inline(always)]
+fn deinterleave(row: &[f32], e: &mut [f32], o: &mut [f32]) {
+    let half = row.len() / 2;
+    o[0] = 0.0;
+    for ((pair, ej), oj) in row.chunks_exact(2).zip(e.iter_mut()).zip(o[1..].iter_mut()) {
+        *ej = pair[0];
+        *oj = pair[1];
+    }
+    let mut ne = half;
+    if row.len() % 2 == 1 {
+        e[half] = row[row.len() - 1];
+        ne += 1;
+    }
+    e[ne..].fill(0.0);
+    o[half + 1..].fill(0.0);
+}

@@ -1,0 +1,40 @@
+//! Command-line parsing and dispatch.
+
+mod layers;
+
+use clap::{Parser, Subcommand};
+
+/// Hand-tuned SIMD NCHW convolutions and the MobileOne reparameterization.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// The command; without one, the main job runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Time every MobileOne-S0/S1 layer shape (and generic shapes) through
+    /// `Conv2d` with bias + ReLU and report GFLOP/s and % of the in-process peak.
+    Layers(layers::LayersArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Some(Command::Layers(args)) => layers::run(&args),
+        None => layers::run(&layers::LayersArgs::default()),
+    }
+}
+
+/// Builds a rayon pool with `threads` threads (0 = all cores).
+pub fn pool(threads: usize) -> Result<rayon::ThreadPool, Box<dyn std::error::Error>> {
+    let n = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    Ok(rayon::ThreadPoolBuilder::new().num_threads(n).build()?)
+}

@@ -1,0 +1,264 @@
+//! Execution: weight packing per plan, and the rayon frame that splits each
+//! image's output into disjoint row blocks and hands them to the kernels.
+//!
+//! Every output element is computed by exactly one task, with the same
+//! arithmetic in the same order whatever the split, so the result is bitwise
+//! identical for any number of threads (and for `Parallelism::Serial`).
+
+use rayon::prelude::*;
+use repconv_kernels::act::{Act, Identity, Relu};
+use repconv_kernels::conv1x1::{self, Conv1x1Args, Rows, Strided};
+use repconv_kernels::conv3x3;
+
+use super::params::Conv2dParams;
+use super::plan::{Family, Plan};
+use super::{Activation, Conv2d, Parallelism};
+use crate::error::{Error, Result};
+use crate::scratch::{with_im2col, with_offsets, with_panel};
+use crate::tensor::{TensorView, TensorViewMut};
+
+/// Below this many FLOPs a forward pass runs on the calling thread: handing
+/// work to other threads costs a few microseconds, as long as the layer itself.
+pub(super) const PAR_MIN_FLOPS: u64 = 2_000_000;
+
+/// Reduction length of the GEMM one group runs: `cin/groups * kh * kw`.
+fn gemm_k(p: &Conv2dParams) -> usize {
+    p.in_per_group() * p.kernel[0] * p.kernel[1]
+}
+
+/// Packs OIHW weights and the bias for the plan's kernel family.
+pub(super) fn pack(
+    p: &Conv2dParams,
+    plan: &Plan,
+    weights: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    match plan.family() {
+        Family::Conv1x1 | Family::General | Family::Conv3x3 => {
+            let (m, k) = (p.out_per_group(), gemm_k(p));
+            let per_group =
+                conv1x1::packed_len(m, k).ok_or(Error::TooLarge { what: "packed weights" })?;
+            let total = per_group
+                .checked_mul(p.groups)
+                .filter(|&t| t <= crate::MAX_ELEMENTS)
+                .ok_or(Error::TooLarge { what: "packed weights" })?;
+            let mut packed = vec![0.0; total];
+            for (g, dst) in packed.chunks_exact_mut(per_group).enumerate() {
+                conv1x1::pack_weights(
+                    &weights[g * m * k..(g + 1) * m * k],
+                    bias.map(|b| &b[g * m..(g + 1) * m]),
+                    m,
+                    k,
+                    dst,
+                );
+            }
+            Ok(packed)
+        }
+    }
+}
+
+/// Runs a validated convolution (shapes already checked by the caller).
+pub(super) fn run(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_>) {
+    match conv.activation {
+        Activation::None => run_act::<Identity>(conv, input, output),
+        Activation::Relu => run_act::<Relu>(conv, input, output),
+    }
+}
+
+fn run_act<A: Act>(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_>) {
+    let p = &conv.params;
+    let flops = p.flops(input.shape()).unwrap_or(u64::MAX);
+    let parallel = conv.parallelism == Parallelism::Rayon
+        && flops >= conv.parallel_min_flops
+        && rayon::current_num_threads() > 1;
+    match conv.plan.family() {
+        Family::Conv1x1 | Family::General => run_gemm::<A>(conv, input, output, parallel),
+        Family::Conv3x3 => run_conv3x3::<A>(conv, input, output, parallel),
+    }
+}
+
+/// The 1x1 path (GEMM straight over the input) and the general path (im2col,
+/// then the same GEMM).
+fn run_gemm<A: Act>(
+    conv: &Conv2d,
+    input: TensorView<'_>,
+    output: TensorViewMut<'_>,
+    parallel: bool,
+) {
+    let p = &conv.params;
+    let [_, cin, h, w] = input.shape();
+    let [_, cout, oh, ow] = output.shape();
+    let npix = oh * ow;
+    let (m, k) = (p.out_per_group(), gemm_k(p));
+    let group_packed = conv1x1::packed_len(m, k).expect("checked when packing");
+    let direct = conv.plan.family() == Family::Conv1x1;
+    let x = input.as_slice();
+    let y = output.into_slice();
+
+    for (xb, yb) in x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * npix)) {
+        if direct {
+            gemm_rows::<A, _>(&conv.packed, m, k, npix, xb, Strided(h * w), yb, parallel);
+        } else if p.groups == 1 {
+            with_im2col(k * npix, |col| {
+                im2col(p, xb, [h, w], [oh, ow], col, parallel);
+                gemm_rows::<A, _>(&conv.packed, m, k, npix, col, Strided(npix), yb, parallel);
+            });
+        } else {
+            let cin_g = p.in_per_group();
+            let per_group = |(g, yg): (usize, &mut [f32])| {
+                let xg = &xb[g * cin_g * h * w..(g + 1) * cin_g * h * w];
+                let pk = &conv.packed[g * group_packed..(g + 1) * group_packed];
+                with_im2col(k * npix, |col| {
+                    im2col(p, xg, [h, w], [oh, ow], col, false);
+                    gemm_rows::<A, _>(pk, m, k, npix, col, Strided(npix), yg, false);
+                });
+            };
+            if parallel {
+                yb.par_chunks_mut(m * npix).enumerate().for_each(per_group);
+            } else {
+                yb.chunks_mut(m * npix).enumerate().for_each(per_group);
+            }
+        }
+    }
+}
+
+/// Splits the `m` output rows (`row_len` floats each) of `c` into tasks of
+/// whole `MR` blocks and runs `f(first_block, rows)` on each, on rayon when
+/// `parallel`. The split never changes what any element's arithmetic is.
+fn for_each_row_block(
+    c: &mut [f32],
+    m: usize,
+    row_len: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    let blocks = m.div_ceil(conv1x1::MR);
+    let blocks_per_task =
+        if parallel { (blocks / (2 * rayon::current_num_threads())).max(1) } else { blocks };
+    let chunk = blocks_per_task * conv1x1::MR * row_len;
+    let c = &mut c[..m * row_len];
+    if parallel && blocks > 1 {
+        c.par_chunks_mut(chunk).enumerate().for_each(|(t, ct)| f(t * blocks_per_task, ct));
+    } else {
+        c.chunks_mut(chunk).enumerate().for_each(|(t, ct)| f(t * blocks_per_task, ct));
+    }
+}
+
+/// `c[m][n] = A(bias + W · b)` for one group, split into row blocks of whole
+/// `MR` tiles when `parallel`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows<A: Act, R: Rows + Sync>(
+    packed: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b: &[f32],
+    rows: R,
+    c: &mut [f32],
+    parallel: bool,
+) {
+    let block_len = (k + 1) * conv1x1::MR;
+    for_each_row_block(c, m, n, parallel, |first_block, ct| {
+        let args = Conv1x1Args {
+            m: ct.len() / n,
+            k,
+            n,
+            packed: &packed[first_block * block_len..],
+            b,
+            rows,
+            c: ct,
+            ldc: n,
+        };
+        with_panel(conv1x1::scratch_len(k), |s| conv1x1::conv1x1::<A, R>(args, s));
+    });
+}
+
+/// The direct 3x3 path: pad and phase-split the input once per image, then
+/// every task runs the implicit GEMM over its block of output channels.
+fn run_conv3x3<A: Act>(
+    conv: &Conv2d,
+    input: TensorView<'_>,
+    output: TensorViewMut<'_>,
+    parallel: bool,
+) {
+    let [_, cin, h, w] = input.shape();
+    let [_, cout, oh, ow] = output.shape();
+    let g = conv3x3::Geometry { cin, h, w, stride: conv.params.stride[0] };
+    let k = g.k();
+    let block_len = (k + 1) * conv1x1::MR;
+    let x = input.as_slice();
+    let y = output.into_slice();
+    with_offsets(k, |offsets| {
+        conv3x3::tap_offsets(&g, offsets);
+        let offsets = &*offsets;
+        with_im2col(g.prepared_len(), |prepared| {
+            for (xb, yb) in x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * oh * ow)) {
+                conv3x3::prepare_input(&g, xb, prepared);
+                let prepared = &*prepared;
+                for_each_row_block(yb, cout, oh * ow, parallel, |first_block, ct| {
+                    let m = ct.len() / (oh * ow);
+                    let args = conv3x3::Conv3x3Args {
+                        geometry: g,
+                        m,
+                        packed: &conv.packed[first_block * block_len..],
+                        prepared,
+                        offsets,
+                        output: ct,
+                    };
+                    conv3x3::conv3x3::<A>(args);
+                });
+            }
+        });
+    });
+}
+
+/// Lays out the receptive fields of one group as a `k x npix` matrix: row
+/// `(ci, ky, kx)`, column `(oy, ox)` holds the input tap that output pixel
+/// multiplies with weight `[ci][ky][kx]`, or 0 in the padding.
+fn im2col(
+    p: &Conv2dParams,
+    x: &[f32],
+    [h, w]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    col: &mut [f32],
+    parallel: bool,
+) {
+    let [kh, kw] = p.kernel;
+    let npix = oh * ow;
+    let fill_row = |(r, row): (usize, &mut [f32])| {
+        let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        // Output columns whose input column lies inside [0, w):
+        // ix = ox*sw + kx*dw - pw, so ox_lo = ceil((pw - kx*dw) / sw), ox_hi = ceil((w + pw - kx*dw) / sw).
+        let shift = kx * p.dilation[1];
+        let ox_lo = p.padding[1].saturating_sub(shift).div_ceil(p.stride[1]).min(ow);
+        let ox_hi = (w + p.padding[1]).saturating_sub(shift).div_ceil(p.stride[1]).clamp(ox_lo, ow);
+        for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
+            let iy = (oy * p.stride[0] + ky * p.dilation[0]).wrapping_sub(p.padding[0]);
+            if iy >= h {
+                out.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy * w..(iy + 1) * w];
+            out[..ox_lo].fill(0.0);
+            out[ox_hi..].fill(0.0);
+            if ox_lo == ox_hi {
+                continue;
+            }
+            let ix0 = ox_lo * p.stride[1] + shift - p.padding[1];
+            if p.stride[1] == 1 {
+                out[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + (ox_hi - ox_lo)]);
+            } else {
+                for (o, ix) in out[ox_lo..ox_hi].iter_mut().zip((ix0..).step_by(p.stride[1])) {
+                    *o = src[ix];
+                }
+            }
+        }
+    };
+    let col = &mut col[..gemm_k(p) * npix];
+    if parallel {
+        col.par_chunks_mut(npix).enumerate().for_each(fill_row);
+    } else {
+        col.chunks_mut(npix).enumerate().for_each(fill_row);
+    }
+}

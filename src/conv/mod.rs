@@ -1,0 +1,172 @@
+//! Convolution: validated geometry ([`Conv2dParams`]), a plan that picks the
+//! kernel ([`plan::Plan`]), packed weights, and rayon execution ([`Conv2d`]).
+
+mod exec;
+pub mod params;
+pub mod plan;
+
+pub use params::Conv2dParams;
+pub use plan::{Family, KernelChoice, Plan};
+
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, TensorView, TensorViewMut};
+
+/// The activation fused into the convolution's store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    /// None: `out = conv(x) + bias`.
+    #[default]
+    None,
+    /// ReLU: `out = max(conv(x) + bias, 0)`, with NaN propagated as in PyTorch.
+    Relu,
+}
+
+/// Whether a convolution may split its work across rayon threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Parallelism {
+    /// Run on the calling thread only.
+    Serial,
+    /// Split into independent output tiles on the current rayon pool (the
+    /// global one, or the pool of an enclosing `ThreadPool::install`). Layers
+    /// too small to pay for the hand-off run serially. Results are bitwise
+    /// identical to `Serial`.
+    #[default]
+    Rayon,
+}
+
+/// A convolution ready to run: geometry, prepacked weights, optional bias and
+/// fused activation. Build once with [`Conv2d::new`], then run many times
+/// through `&self`; it is `Send + Sync`, so one instance can serve many threads.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    params: Conv2dParams,
+    activation: Activation,
+    parallelism: Parallelism,
+    parallel_min_flops: u64,
+    plan: Plan,
+    weights: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    packed: Vec<f32>,
+}
+
+impl Conv2d {
+    /// Validates `params`, checks `weights` (OIHW, `params.weight_len()` long)
+    /// and `bias` (`out_channels` long), picks the kernel and packs the weights.
+    pub fn new(
+        params: Conv2dParams,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        activation: Activation,
+    ) -> Result<Conv2d> {
+        Conv2d::with_choice(params, weights, bias, activation, KernelChoice::Auto)
+    }
+
+    /// Like [`Conv2d::new`], with an explicit kernel choice (e.g. the general
+    /// path as a baseline).
+    pub fn with_choice(
+        params: Conv2dParams,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        activation: Activation,
+        choice: KernelChoice,
+    ) -> Result<Conv2d> {
+        let plan = Plan::new(&params, choice)?;
+        let expected = params.weight_len()?;
+        if weights.len() != expected {
+            return Err(Error::LengthMismatch { what: "weights", expected, got: weights.len() });
+        }
+        if let Some(b) = bias
+            && b.len() != params.out_channels
+        {
+            return Err(Error::LengthMismatch {
+                what: "bias",
+                expected: params.out_channels,
+                got: b.len(),
+            });
+        }
+        let packed = exec::pack(&params, &plan, weights, bias)?;
+        Ok(Conv2d {
+            params,
+            activation,
+            parallelism: Parallelism::Rayon,
+            parallel_min_flops: exec::PAR_MIN_FLOPS,
+            plan,
+            weights: weights.to_vec(),
+            bias: bias.map(<[f32]>::to_vec),
+            packed,
+        })
+    }
+
+    /// Sets whether this convolution may use rayon threads.
+    pub fn with_parallelism(mut self, parallelism: Parallelism) -> Self {
+        self.parallelism = parallelism;
+        self
+    }
+
+    /// Sets the work (in FLOPs per forward pass) below which `Parallelism::Rayon`
+    /// still runs on the calling thread; default 2 MFLOP. 0 always splits
+    /// (useful to test that any split gives bitwise identical results).
+    pub fn with_parallel_threshold(mut self, min_flops: u64) -> Self {
+        self.parallel_min_flops = min_flops;
+        self
+    }
+
+    /// The geometry.
+    pub fn params(&self) -> &Conv2dParams {
+        &self.params
+    }
+
+    /// The fused activation.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    /// The weights as given (OIHW).
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
+    /// The bias as given, if any.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref()
+    }
+
+    /// The plan (kernel family and name).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The name of the kernel that runs, e.g. `conv1x1_8x48__x16` or
+    /// `general_im2col+conv1x1_8x48__x16`.
+    pub fn kernel_name(&self) -> &'static str {
+        self.plan.kernel_name()
+    }
+
+    /// Output shape for an input shape.
+    pub fn output_shape(&self, input: [usize; 4]) -> Result<[usize; 4]> {
+        self.params.output_shape(input)
+    }
+
+    /// Runs the convolution into a new tensor.
+    pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        let mut out = Tensor::zeros(self.output_shape(input.shape())?)?;
+        self.forward_into(input.view(), out.view_mut())?;
+        Ok(out)
+    }
+
+    /// Runs the convolution from `input` into `output`, whose shape must be
+    /// exactly [`Conv2d::output_shape`] of the input. Allocates nothing once
+    /// the threads involved have run a layer at least this large.
+    pub fn forward_into(&self, input: TensorView<'_>, output: TensorViewMut<'_>) -> Result<()> {
+        let expected = self.output_shape(input.shape())?;
+        if output.shape() != expected {
+            return Err(Error::ShapeMismatch {
+                what: "output view",
+                expected: expected.to_vec(),
+                got: output.shape().to_vec(),
+            });
+        }
+        exec::run(self, input, output);
+        Ok(())
+    }
+}

@@ -1,0 +1,39 @@
+//! Measurement helpers for the CLI's tables: wall-clock medians and this
+//! machine's FMA peak, measured in-process so every "% of peak" compares two
+//! numbers from the same run, build and machine.
+
+use std::time::Instant;
+
+/// Runs `f` `warmup` times, then `runs` times, and returns the median
+/// wall-clock time of one run in milliseconds.
+pub fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut times: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The f32 FMA peak of `threads` threads of this build, in GFLOP/s: every
+/// thread of a fresh rayon pool runs the `repconv_kernels::peak` loop; the
+/// best of five 20 ms rounds is reported.
+pub fn fma_peak_gflops(threads: usize) -> f64 {
+    let pool =
+        rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().expect("thread pool");
+    // ~20 ms per round at 250 GFLOP/s per thread.
+    let iters = 10_000_000 / (repconv_kernels::lanes::LANES as u64 / 8);
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let flops: u64 = pool.broadcast(|_| repconv_kernels::peak::fma_loop(iters)).iter().sum();
+        best = best.max(flops as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}

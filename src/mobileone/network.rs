@@ -1,0 +1,515 @@
+//! The MobileOne network (S0..S4): stem, four stages of (depthwise 3x3 block,
+//! pointwise 1x1 block) pairs, global average pool and a linear head, laid out
+//! as timm's `byobnet.py` builds `mobileone_s0..s4`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, TensorView, TensorViewMut};
+
+use super::block::{Block, BlockConfig, MobileOneBlock};
+use super::ops;
+use super::rng::SplitMix64;
+use super::workspace::{Workspace, grow};
+
+/// The five published MobileOne variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// S0: widths (0.75, 1, 1, 2), k = 4.
+    S0,
+    /// S1: widths (1.5, 1.5, 2, 2.5), k = 1.
+    S1,
+    /// S2: widths (1.5, 2, 2.5, 4), k = 1.
+    S2,
+    /// S3: widths (2, 2.5, 3, 4), k = 1.
+    S3,
+    /// S4: widths (3, 3.5, 3.5, 4), k = 1, SE on the last 5 pairs of stage 3
+    /// and all of stage 4.
+    S4,
+}
+
+impl Variant {
+    /// All variants, S0 first.
+    pub const ALL: [Variant; 5] = [Variant::S0, Variant::S1, Variant::S2, Variant::S3, Variant::S4];
+
+    /// Lower-case name, e.g. `"s0"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::S0 => "s0",
+            Variant::S1 => "s1",
+            Variant::S2 => "s2",
+            Variant::S3 => "s3",
+            Variant::S4 => "s4",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Variant {
+    type Err = Error;
+
+    /// Parses `s0`..`s4` (any case, optional `mobileone_` prefix).
+    fn from_str(s: &str) -> Result<Self> {
+        let l = s.to_ascii_lowercase();
+        let l = l.strip_prefix("mobileone_").unwrap_or(&l);
+        Variant::ALL
+            .into_iter()
+            .find(|v| v.name() == l)
+            .ok_or_else(|| Error::invalid("variant", format!("expected s0..s4, got {s:?}")))
+    }
+}
+
+/// Base stage widths before the multipliers (timm `_mobileone_bcfg`).
+const BASE_CHANNELS: [usize; 4] = [64, 128, 256, 512];
+
+/// timm's `make_divisible(v, 8)`: nearest multiple of 8 (halves up), at least
+/// 8, bumped by 8 if rounding lost more than 10%.
+fn make_divisible(v: f64) -> usize {
+    let r = (((v + 4.0) as usize) / 8 * 8).max(8);
+    if (r as f64) < 0.9 * v { r + 8 } else { r }
+}
+
+/// Architecture of a MobileOne network (timm `mobileone_s*` configs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MobileOneConfig {
+    /// Width multipliers of the four stages (of 64, 128, 256, 512 channels).
+    pub width_multipliers: [f64; 4],
+    /// Number of (depthwise, pointwise) block pairs per stage: (2, 8, 10, 1).
+    pub depths: [usize; 4],
+    /// `k`, the conv branches of every stage block (the stem has one, as in timm).
+    pub num_conv_branches: usize,
+    /// How many of each stage's last pairs use squeeze-excitation.
+    pub se_blocks: [usize; 4],
+    /// Input channels (3).
+    pub in_channels: usize,
+    /// Classes of the linear head (1000 for ImageNet).
+    pub num_classes: usize,
+}
+
+impl MobileOneConfig {
+    /// The published configuration of `variant` with 1000 classes.
+    pub fn variant(variant: Variant) -> Self {
+        let (w, k, se) = match variant {
+            Variant::S0 => ([0.75, 1.0, 1.0, 2.0], 4, [0; 4]),
+            Variant::S1 => ([1.5, 1.5, 2.0, 2.5], 1, [0; 4]),
+            Variant::S2 => ([1.5, 2.0, 2.5, 4.0], 1, [0; 4]),
+            Variant::S3 => ([2.0, 2.5, 3.0, 4.0], 1, [0; 4]),
+            Variant::S4 => ([3.0, 3.5, 3.5, 4.0], 1, [0, 0, 5, 1]),
+        };
+        MobileOneConfig {
+            width_multipliers: w,
+            depths: [2, 8, 10, 1],
+            num_conv_branches: k,
+            se_blocks: se,
+            in_channels: 3,
+            num_classes: 1000,
+        }
+    }
+
+    /// Sets the number of classes.
+    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
+        self.num_classes = num_classes;
+        self
+    }
+
+    /// Sets `k` for every stage block.
+    pub fn with_branches(mut self, k: usize) -> Self {
+        self.num_conv_branches = k;
+        self
+    }
+
+    /// Stem output channels: `min(64, 64 * w0)` (48 for S0, 64 otherwise).
+    pub fn stem_channels(&self) -> usize {
+        make_divisible(64.0 * self.width_multipliers[0]).min(64)
+    }
+
+    /// Output channels of each stage.
+    pub fn stage_channels(&self) -> [usize; 4] {
+        std::array::from_fn(|s| make_divisible(BASE_CHANNELS[s] as f64 * self.width_multipliers[s]))
+    }
+
+    /// The stem's block configuration and every stage's, in timm order
+    /// (`stages.{s}.{i}`: depthwise blocks at even `i`, pointwise at odd).
+    pub fn block_configs(&self) -> Result<(BlockConfig, Vec<Vec<BlockConfig>>)> {
+        if self.num_classes == 0 || self.in_channels == 0 {
+            return Err(Error::invalid(
+                "mobileone config",
+                "num_classes and in_channels must be at least 1",
+            ));
+        }
+        if let Some(w) =
+            self.width_multipliers.iter().find(|w| !(w.is_finite() && **w > 0.0 && **w <= 1e4))
+        {
+            return Err(Error::invalid(
+                "width_multipliers",
+                format!("must be positive and finite, got {w}"),
+            ));
+        }
+        if let Some(d) = self.depths.iter().find(|d| **d > 4096) {
+            return Err(Error::invalid("depths", format!("at most 4096 pairs per stage, got {d}")));
+        }
+        let stem = BlockConfig::new(self.in_channels, self.stem_channels(), 3).with_stride(2);
+        stem.validate()?;
+        let mut prev = stem.out_channels;
+        let mut stages = Vec::with_capacity(4);
+        for (s, &out) in self.stage_channels().iter().enumerate() {
+            let depth = self.depths[s];
+            let mut blocks = Vec::with_capacity(2 * depth);
+            for i in 0..depth {
+                let se = i.saturating_add(self.se_blocks[s]) >= depth;
+                let stride = if i == 0 { 2 } else { 1 };
+                let k = self.num_conv_branches;
+                let dw = BlockConfig::new(prev, prev, 3)
+                    .with_groups(prev)
+                    .with_stride(stride)
+                    .with_branches(k)
+                    .with_se(se);
+                let pw = BlockConfig::new(prev, out, 1).with_branches(k).with_se(se);
+                dw.validate()?;
+                pw.validate()?;
+                blocks.extend([dw, pw]);
+                prev = out;
+            }
+            stages.push(blocks);
+        }
+        Ok((stem, stages))
+    }
+
+    /// Channels entering the head.
+    pub fn num_features(&self) -> usize {
+        let ch = self.stage_channels();
+        (0..4).rev().find(|&s| self.depths[s] > 0).map_or(self.stem_channels(), |s| ch[s])
+    }
+}
+
+/// A fully connected layer `y = W x + b`, `W` of `[out_features, in_features]`
+/// (timm `head.fc`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    in_features: usize,
+    out_features: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Linear {
+    /// Builds the layer; `weight` is `out * in` long (row-major), `bias` `out`.
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Result<Self> {
+        if in_features == 0 || out_features == 0 {
+            return Err(Error::invalid("linear", "zero features"));
+        }
+        let len = in_features
+            .checked_mul(out_features)
+            .ok_or(Error::TooLarge { what: "linear weight" })?;
+        if weight.len() != len {
+            return Err(Error::LengthMismatch {
+                what: "linear weight",
+                expected: len,
+                got: weight.len(),
+            });
+        }
+        if bias.len() != out_features {
+            return Err(Error::LengthMismatch {
+                what: "linear bias",
+                expected: out_features,
+                got: bias.len(),
+            });
+        }
+        Ok(Linear { in_features, out_features, weight, bias })
+    }
+
+    /// Seeded uniform weights in `±1/sqrt(in)` (PyTorch's default range).
+    pub fn random(in_features: usize, out_features: usize, rng: &mut SplitMix64) -> Result<Self> {
+        let bound = 1.0 / (in_features.max(1) as f32).sqrt();
+        let len = in_features
+            .checked_mul(out_features)
+            .ok_or(Error::TooLarge { what: "linear weight" })?;
+        let weight = rng.uniform_vec(len, -bound, bound);
+        let bias = rng.uniform_vec(out_features, -bound, bound);
+        Linear::new(in_features, out_features, weight, bias)
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// `weight`, `[out, in]` row-major.
+    pub fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    /// `bias`, `[out]`.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// `y = W x + b` for one sample.
+    pub fn forward(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        if x.len() != self.in_features {
+            return Err(Error::LengthMismatch {
+                what: "linear input",
+                expected: self.in_features,
+                got: x.len(),
+            });
+        }
+        if y.len() != self.out_features {
+            return Err(Error::LengthMismatch {
+                what: "linear output",
+                expected: self.out_features,
+                got: y.len(),
+            });
+        }
+        ops::matvec(&self.weight, &self.bias, x, y);
+        Ok(())
+    }
+}
+
+/// A MobileOne network in either form (or a mix, block by block).
+///
+/// ```
+/// use repconv::mobileone::{MobileOne, MobileOneConfig, Variant, Workspace};
+/// use repconv::Tensor;
+///
+/// let config = MobileOneConfig::variant(Variant::S0).with_num_classes(10);
+/// let multi = MobileOne::random(config, 42)?;
+/// let fused = multi.reparameterize()?;
+/// let x = Tensor::full([1, 3, 32, 32], 0.5)?;
+/// let mut ws = Workspace::new();
+/// let mut logits = Tensor::zeros(fused.output_shape(x.shape())?)?;
+/// fused.forward_into(x.view(), logits.view_mut(), &mut ws)?; // allocates the workspace
+/// fused.forward_into(x.view(), logits.view_mut(), &mut ws)?; // allocates nothing
+/// assert_eq!(logits.shape(), [1, 10, 1, 1]);
+/// # Ok::<(), repconv::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct MobileOne {
+    config: MobileOneConfig,
+    stem: Block,
+    stages: Vec<Vec<Block>>,
+    head_fc: Linear,
+}
+
+impl MobileOne {
+    /// A multi-branch network with seeded random weights and non-trivial BN
+    /// statistics (see [`MobileOneBlock::random`]); the same seed always gives
+    /// the same network.
+    pub fn random(config: MobileOneConfig, seed: u64) -> Result<Self> {
+        let (stem_cfg, stage_cfgs) = config.block_configs()?;
+        let mut rng = SplitMix64::new(seed);
+        let stem = Block::MultiBranch(MobileOneBlock::random(stem_cfg, &mut rng)?);
+        let stages = stage_cfgs
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .map(|&c| Ok(Block::MultiBranch(MobileOneBlock::random(c, &mut rng)?)))
+                    .collect()
+            })
+            .collect::<Result<Vec<Vec<Block>>>>()?;
+        let head_fc = Linear::random(config.num_features(), config.num_classes, &mut rng)?;
+        MobileOne::from_parts(config, stem, stages, head_fc)
+    }
+
+    /// Assembles a network from its blocks (in either form), checking each
+    /// block's configuration (geometry, SE; `k` may differ) and the head
+    /// against `config`.
+    pub fn from_parts(
+        config: MobileOneConfig,
+        stem: Block,
+        stages: Vec<Vec<Block>>,
+        head_fc: Linear,
+    ) -> Result<Self> {
+        let (stem_cfg, stage_cfgs) = config.block_configs()?;
+        let same = |want: &BlockConfig, got: &BlockConfig| {
+            BlockConfig { num_conv_branches: got.num_conv_branches, ..*want } == *got
+        };
+        if !same(&stem_cfg, stem.config()) {
+            return Err(Error::invalid(
+                "stem",
+                format!("expected {stem_cfg:?}, got {:?}", stem.config()),
+            ));
+        }
+        if stages.len() != stage_cfgs.len() {
+            return Err(Error::LengthMismatch {
+                what: "stages",
+                expected: stage_cfgs.len(),
+                got: stages.len(),
+            });
+        }
+        for (s, (blocks, cfgs)) in stages.iter().zip(&stage_cfgs).enumerate() {
+            if blocks.len() != cfgs.len() {
+                return Err(Error::LengthMismatch {
+                    what: "stage blocks",
+                    expected: cfgs.len(),
+                    got: blocks.len(),
+                });
+            }
+            for (i, (b, c)) in blocks.iter().zip(cfgs).enumerate() {
+                if !same(c, b.config()) {
+                    return Err(Error::invalid(
+                        "stage block",
+                        format!("stages.{s}.{i}: expected {c:?}, got {:?}", b.config()),
+                    ));
+                }
+            }
+        }
+        if head_fc.in_features() != config.num_features()
+            || head_fc.out_features() != config.num_classes
+        {
+            return Err(Error::ShapeMismatch {
+                what: "head.fc",
+                expected: vec![config.num_classes, config.num_features()],
+                got: vec![head_fc.out_features(), head_fc.in_features()],
+            });
+        }
+        Ok(MobileOne { config, stem, stages, head_fc })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MobileOneConfig {
+        &self.config
+    }
+
+    /// The stem block (timm `stem`).
+    pub fn stem(&self) -> &Block {
+        &self.stem
+    }
+
+    /// The stages (timm `stages.{s}.{i}`).
+    pub fn stages(&self) -> &[Vec<Block>] {
+        &self.stages
+    }
+
+    /// The classifier (timm `head.fc`).
+    pub fn head_fc(&self) -> &Linear {
+        &self.head_fc
+    }
+
+    /// Every block with its timm module name: `stem`, then `stages.{s}.{i}`.
+    pub fn blocks(&self) -> Vec<(String, &Block)> {
+        let mut v = vec![("stem".to_string(), &self.stem)];
+        for (s, blocks) in self.stages.iter().enumerate() {
+            v.extend(blocks.iter().enumerate().map(|(i, b)| (format!("stages.{s}.{i}"), b)));
+        }
+        v
+    }
+
+    fn iter_blocks(&self) -> impl Iterator<Item = &Block> {
+        std::iter::once(&self.stem).chain(self.stages.iter().flatten())
+    }
+
+    /// Whether every block is in its fused form.
+    pub fn is_reparameterized(&self) -> bool {
+        self.iter_blocks().all(Block::is_reparameterized)
+    }
+
+    /// The fused network: every block reparameterized, the head shared.
+    pub fn reparameterize(&self) -> Result<MobileOne> {
+        let stem = self.stem.reparameterize()?;
+        let stages = self
+            .stages
+            .iter()
+            .map(|s| s.iter().map(Block::reparameterize).collect())
+            .collect::<Result<Vec<Vec<Block>>>>()?;
+        Ok(MobileOne { config: self.config.clone(), stem, stages, head_fc: self.head_fc.clone() })
+    }
+
+    /// Logits shape `[n, num_classes, 1, 1]` for an input shape (checks it).
+    pub fn output_shape(&self, input: [usize; 4]) -> Result<[usize; 4]> {
+        let mut shape = input;
+        for b in self.iter_blocks() {
+            shape = b.output_shape(shape)?;
+        }
+        Ok([input[0], self.config.num_classes, 1, 1])
+    }
+
+    /// FLOPs (2 per multiply-add) of one forward pass in the network's current
+    /// form: every convolution, SE and the head, not the elementwise passes.
+    pub fn flops(&self, input: [usize; 4]) -> Result<u64> {
+        let mut shape = input;
+        let mut total = 0u64;
+        for b in self.iter_blocks() {
+            total += b.flops(shape)?;
+            shape = b.output_shape(shape)?;
+        }
+        Ok(total + 2 * (input[0] * self.head_fc.in_features() * self.head_fc.out_features()) as u64)
+    }
+
+    /// Runs the network into a new logits tensor `[n, num_classes, 1, 1]`.
+    pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        let mut logits = Tensor::zeros(self.output_shape(input.shape())?)?;
+        self.forward_into(input.view(), logits.view_mut(), &mut Workspace::new())?;
+        Ok(logits)
+    }
+
+    /// Runs the network from `input` into `logits` (shape
+    /// [`output_shape`](Self::output_shape)). Activations ping-pong between the
+    /// two buffers of `ws`, sized once for the largest activation; after the
+    /// first call at a given input shape nothing is allocated.
+    pub fn forward_into(
+        &self,
+        input: TensorView<'_>,
+        mut logits: TensorViewMut<'_>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let expected = self.output_shape(input.shape())?;
+        if logits.shape() != expected {
+            return Err(Error::ShapeMismatch {
+                what: "logits view",
+                expected: expected.to_vec(),
+                got: logits.shape().to_vec(),
+            });
+        }
+        // Largest activation (shapes already validated above).
+        let mut shape = input.shape();
+        let mut max_len = 0;
+        for b in self.iter_blocks() {
+            shape = b.output_shape(shape)?;
+            max_len = max_len.max(crate::tensor::checked_numel("activation", shape)?);
+        }
+        let Workspace { act: [a, b], scratch, pooled } = ws;
+        let (mut src, mut dst) = (a.get(max_len)?, b.get(max_len)?);
+
+        // Stem: from the caller's input into the first buffer.
+        let mut shape = self.stem.output_shape(input.shape())?;
+        let len = shape.iter().product();
+        self.stem.run(input, TensorViewMut::new(shape, &mut src[..len])?, scratch)?;
+        for block in self.stages.iter().flatten() {
+            let out_shape = block.output_shape(shape)?;
+            let (in_len, out_len) = (shape.iter().product(), out_shape.iter().product());
+            block.run(
+                TensorView::new(shape, &src[..in_len])?,
+                TensorViewMut::new(out_shape, &mut dst[..out_len])?,
+                scratch,
+            )?;
+            std::mem::swap(&mut src, &mut dst);
+            shape = out_shape;
+        }
+
+        // Global average pool, then the head.
+        let [n, c, h, w] = shape;
+        let feats = grow(pooled, n * c);
+        ops::plane_means(&src[..n * c * h * w], h * w, feats);
+        let classes = self.config.num_classes;
+        for (x, y) in feats.chunks_exact(c).zip(logits.as_mut_slice().chunks_exact_mut(classes)) {
+            self.head_fc.forward(x, y)?;
+        }
+        Ok(())
+    }
+}
