@@ -159,6 +159,24 @@ proptest! {
         problem(conv3x3(cin, cout, 2, n, h, w), relu, shift, seed, off)
             .check(Family::Conv3x3).map_err(TestCaseError::fail)?;
     }
+
+    #[test]
+    fn dw3x3_s1_matches_reference(
+        c in 2usize..=9, n in 1usize..=2, h in 1usize..=20, w in 1..=3 * LANES + 2,
+        (relu, shift, seed, off) in extras(),
+    ) {
+        problem(dw3x3(c, 1, n, h, w), relu, shift, seed, off)
+            .check(Family::Dw3x3).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn dw3x3_s2_matches_reference(
+        c in 2usize..=9, n in 1usize..=2, h in 1usize..=21, w in 1..=4 * LANES + 3,
+        (relu, shift, seed, off) in extras(),
+    ) {
+        problem(dw3x3(c, 2, n, h, w), relu, shift, seed, off)
+            .check(Family::Dw3x3).map_err(TestCaseError::fail)?;
+    }
 }
 
 /// The canonical cases for each family (XNNPACK-style): tile-equal, smaller,
@@ -201,6 +219,13 @@ fn conv3x3_s2_canonical_cases() {
 }
 
 #[test]
+fn dw3x3_canonical_cases() {
+    // Channels are cin + 1 (one channel would be a dense 3x3); cout is unused.
+    canonical(Family::Dw3x3, |cin, _, h, w| dw3x3(cin + 1, 1, 1, h, w));
+    canonical(Family::Dw3x3, |cin, _, h, w| dw3x3(cin + 1, 2, 1, h, w));
+}
+
+#[test]
 fn general_path_canonical_cases() {
     // The general path under the same harness (canaries, offsets, determinism).
     canonical(Family::General, |cin, cout, h, w| {
@@ -237,12 +262,23 @@ fn nan_propagates_like_pytorch() {
 
 #[test]
 fn plan_table_maps_shapes_to_kernels() {
-    use repconv_kernels::{conv1x1 as k1, conv3x3 as k3};
+    use repconv_kernels::{conv1x1 as k1, conv3x3 as k3, dwconv3x3 as kd};
     let cases: Vec<(Conv2dParams, &str)> = vec![
         (Conv2dParams::new(128, 128, [1, 1]), k1::NAME),
         (Conv2dParams::new(3, 48, [3, 3]).with_stride([2, 2]).with_padding([1, 1]), k3::NAME_S2),
         (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]), k3::NAME_S1),
+        (Conv2dParams::new(48, 48, [3, 3]).with_padding([1, 1]).with_groups(48), kd::NAME_S1),
+        (
+            Conv2dParams::new(256, 256, [3, 3])
+                .with_stride([2, 2])
+                .with_padding([1, 1])
+                .with_groups(256),
+            kd::NAME_S2,
+        ),
+        (Conv2dParams::new(1, 1, [3, 3]).with_padding([1, 1]), k3::NAME_S1),
         // Near misses fall back to the general path.
+        (Conv2dParams::new(48, 96, [3, 3]).with_padding([1, 1]).with_groups(48), "general"),
+        (Conv2dParams::new(48, 48, [3, 3]).with_groups(48), "general"),
         (Conv2dParams::new(64, 64, [1, 1]).with_stride([2, 2]), "general"),
         (Conv2dParams::new(64, 64, [1, 1]).with_padding([1, 1]), "general"),
         (Conv2dParams::new(64, 64, [3, 3]), "general"),

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use repconv_kernels::act::{Act, Identity, Relu};
 use repconv_kernels::conv1x1::{self, Conv1x1Args, Rows, Strided};
 use repconv_kernels::conv3x3;
+use repconv_kernels::dwconv3x3::{self, Dw3x3Args};
 
 use super::params::Conv2dParams;
 use super::plan::{Family, Plan};
@@ -34,6 +35,11 @@ pub(super) fn pack(
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
     match plan.family() {
+        Family::Dw3x3 => {
+            let mut packed = vec![0.0; p.out_channels * dwconv3x3::PACKED_PER_CHANNEL];
+            dwconv3x3::pack_weights(weights, bias, p.out_channels, &mut packed);
+            Ok(packed)
+        }
         Family::Conv1x1 | Family::General | Family::Conv3x3 => {
             let (m, k) = (p.out_per_group(), gemm_k(p));
             let per_group =
@@ -74,6 +80,7 @@ fn run_act<A: Act>(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'
     match conv.plan.family() {
         Family::Conv1x1 | Family::General => run_gemm::<A>(conv, input, output, parallel),
         Family::Conv3x3 => run_conv3x3::<A>(conv, input, output, parallel),
+        Family::Dw3x3 => run_dw3x3::<A>(conv, input, output, parallel),
     }
 }
 
@@ -210,6 +217,59 @@ fn run_conv3x3<A: Act>(
             }
         });
     });
+}
+
+/// The depthwise path: images x channel chunks, each chunk through the
+/// depthwise driver with its own scratch.
+fn run_dw3x3<A: Act>(
+    conv: &Conv2d,
+    input: TensorView<'_>,
+    output: TensorViewMut<'_>,
+    parallel: bool,
+) {
+    let [n, c, h, w] = input.shape();
+    let [_, _, oh, ow] = output.shape();
+    let stride = conv.params.stride[0];
+    let (plane_in, plane_out) = (h * w, oh * ow);
+    // Whole images x channel chunks: at least ~64 KiB of output per task, and
+    // enough tasks for every thread when the layer is large.
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let target = if parallel {
+        let by_threads = (n * c).div_ceil(4 * threads);
+        let by_size = (16 * 1024usize).div_ceil(plane_out);
+        by_threads.max(by_size).min(c)
+    } else {
+        c
+    };
+    // The largest divisor of c not above the target, so chunks tile each image.
+    let per_task = (1..=target.max(1)).rev().find(|d| c % d == 0).unwrap_or(1);
+    let x = input.as_slice();
+    let y = output.into_slice();
+    let packed = &conv.packed;
+    let scratch = dwconv3x3::scratch_len(h, w, stride);
+    let task = |(t, yc): (usize, &mut [f32])| {
+        // Task t covers channels [c0, c0 + len) of image b.
+        let chunks_per_image = c / per_task;
+        let (b, ci) = (t / chunks_per_image, t % chunks_per_image);
+        let c0 = ci * per_task;
+        let len = yc.len() / plane_out;
+        let xs = &x[(b * c + c0) * plane_in..(b * c + c0 + len) * plane_in];
+        let pk =
+            &packed[c0 * dwconv3x3::PACKED_PER_CHANNEL..(c0 + len) * dwconv3x3::PACKED_PER_CHANNEL];
+        let args = Dw3x3Args { channels: len, h, w, packed: pk, input: xs, output: yc };
+        with_panel(scratch, |s| {
+            if stride == 1 {
+                dwconv3x3::dw3x3_s1p1::<A>(args, s)
+            } else {
+                dwconv3x3::dw3x3_s2p1::<A>(args, s)
+            }
+        });
+    };
+    if parallel {
+        y.par_chunks_mut(per_task * plane_out).enumerate().for_each(task);
+    } else {
+        y.chunks_mut(per_task * plane_out).enumerate().for_each(task);
+    }
 }
 
 /// Lays out the receptive fields of one group as a `k x npix` matrix: row

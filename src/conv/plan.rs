@@ -15,6 +15,9 @@ pub enum Family {
     /// 3x3, stride 1 or 2 (same on both axes), padding 1, dilation 1, groups 1:
     /// direct implicit GEMM over a padded, phase-split input.
     Conv3x3,
+    /// Depthwise 3x3 (groups = in = out channels), stride 1 or 2, padding 1,
+    /// dilation 1: vectorised along W over padded planes.
+    Dw3x3,
     /// Any geometry: im2col per group into a reused buffer, then the 1x1 GEMM.
     General,
 }
@@ -68,6 +71,19 @@ impl Plan {
                     repconv_kernels::conv3x3::NAME_S2
                 };
                 Plan { family: Family::Conv3x3, name }
+            } else if p.kernel == [3, 3]
+                && p.padding == [1, 1]
+                && p.dilation == [1, 1]
+                && p.groups == p.in_channels
+                && p.groups == p.out_channels
+                && (p.stride == [1, 1] || p.stride == [2, 2])
+            {
+                let name = if p.stride[0] == 1 {
+                    repconv_kernels::dwconv3x3::NAME_S1
+                } else {
+                    repconv_kernels::dwconv3x3::NAME_S2
+                };
+                Plan { family: Family::Dw3x3, name }
             } else {
                 Plan { family: Family::General, name: GENERAL_NAME }
             };

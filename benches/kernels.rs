@@ -1,0 +1,62 @@
+//! Every kernel at every MobileOne-S0/S1 layer shape and the generic shapes,
+//! through `Conv2d` (bias + ReLU, 1 thread), next to the general im2col path
+//! on the same shape as the baseline. Throughput is in FLOPs (2 per MAC).
+//!
+//! `cargo bench --bench kernels` (add `-- s0.pw` to filter).
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use repconv::conv::KernelChoice;
+use repconv::shapes::all_layers;
+use repconv::{Activation, Conv2d, Parallelism, Tensor};
+use std::hint::black_box;
+
+fn seeded(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+fn kernels(c: &mut Criterion) {
+    for layer in all_layers() {
+        let params = layer.params();
+        let shape = layer.input_shape();
+        let weights: Vec<f32> =
+            seeded(params.weight_len().unwrap(), 1).iter().map(|w| w * 0.1).collect();
+        let bias = seeded(layer.cout, 2);
+        let input = Tensor::from_vec(shape, seeded(shape.iter().product(), 3)).unwrap();
+        let flops = params.flops(shape).unwrap();
+        let family = if layer.groups > 1 {
+            "dw3x3"
+        } else if layer.k == 1 {
+            "conv1x1"
+        } else {
+            "conv3x3"
+        };
+        let mut group = c.benchmark_group(family);
+        group.throughput(Throughput::Elements(flops));
+        let id = format!(
+            "{}:c{}o{}h{}w{}s{}",
+            layer.name, layer.cin, layer.cout, layer.hw, layer.hw, layer.stride
+        );
+        for choice in [KernelChoice::Auto, KernelChoice::General] {
+            let conv = Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)
+                .unwrap()
+                .with_parallelism(Parallelism::Serial);
+            let mut out = Tensor::zeros(conv.output_shape(shape).unwrap()).unwrap();
+            group.bench_with_input(BenchmarkId::new(conv.kernel_name(), &id), &input, |b, x| {
+                b.iter(|| conv.forward_into(black_box(x.view()), out.view_mut()).unwrap())
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2))
+        .sample_size(30);
+    targets = kernels
+}
+criterion_main!(benches);
