@@ -81,8 +81,8 @@ impl BatchNorm2d {
     /// Random statistics for tests and seeded networks: `running_var`
     /// log-uniform in `[0.01, 10)`, `running_mean` uniform in `[-0.5, 0.5)`,
     /// `gamma = sqrt(var) * u / sqrt(branches)` with `u` uniform in
-    /// `[0.5, 1.5)` (so a sum of `branches` normalised branches keeps a
-    /// unit-order scale), `beta` uniform in `[-0.2, 0.2) / sqrt(branches)`.
+    /// `[0.5, 1.5)` (so a sum of `branches` branches of unit-order inputs
+    /// keeps a unit-order scale), `beta` uniform in `[-0.2, 0.2) / sqrt(branches)`.
     pub fn random(
         channels: usize,
         branches: usize,
@@ -102,6 +102,37 @@ impl BatchNorm2d {
             beta.push((rng.uniform(-0.2, 0.2) * norm) as f32);
         }
         BatchNorm2d::new(gamma, beta, mean, var, eps)
+    }
+
+    /// Statistics calibrated on the tensor `y` it will normalise (see
+    /// [`MobileOneBlock::random_calibrated`](super::MobileOneBlock::random_calibrated)):
+    /// measured per-channel mean and variance (floored at 5% of the average
+    /// variance), perturbed, with random `gamma` and `beta` scaled by
+    /// `1 / sqrt(branches)`. BN eps is 1e-5.
+    pub fn calibrated(y: TensorView<'_>, branches: usize, rng: &mut SplitMix64) -> Result<Self> {
+        let [n, c, h, w] = y.shape();
+        let hw = h * w;
+        let count = (n * hw) as f64;
+        let mut mean = vec![0f64; c];
+        let mut var = vec![0f64; c];
+        for (p, plane) in y.as_slice().chunks_exact(hw).enumerate() {
+            mean[p % c] += plane.iter().map(|&v| f64::from(v)).sum::<f64>() / count;
+        }
+        for (p, plane) in y.as_slice().chunks_exact(hw).enumerate() {
+            let m = mean[p % c];
+            var[p % c] += plane.iter().map(|&v| (f64::from(v) - m).powi(2)).sum::<f64>() / count;
+        }
+        let floor = (0.05 * var.iter().sum::<f64>() / c as f64).max(1e-6);
+        let norm = 1.0 / (branches.max(1) as f64).sqrt();
+        let mut params = (Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c));
+        for (m, v) in mean.iter().zip(&var) {
+            let v = v.max(floor) * rng.log_uniform(0.5, 2.0);
+            params.0.push((rng.uniform(0.5, 1.5) * norm) as f32);
+            params.1.push((rng.uniform(-0.2, 0.2) * norm) as f32);
+            params.2.push((m + rng.uniform(-0.2, 0.2) * v.sqrt()) as f32);
+            params.3.push(v as f32);
+        }
+        BatchNorm2d::new(params.0, params.1, params.2, params.3, 1e-5)
     }
 
     /// Number of channels.

@@ -155,6 +155,57 @@ pub fn conv1x1<A: Act, R: Rows>(args: Conv1x1Args<'_, R>, scratch: &mut [f32]) {
                     copy_tile(&tile, NR, rows, cols, c, blk * MR * ldc + n0, ldc);
                 }
             }
+        } else if cols % LANES <= GEMV_MAX_COLS {
+            // Column tail of whole vectors plus at most GEMV_MAX_COLS columns:
+            // the vectors straight from `b` (they are in bounds), the last few
+            // columns as a matrix-vector product along the channels, instead
+            // of a whole vector per row for one to four useful lanes.
+            let nv = cols / LANES;
+            let (r, col0) = (cols % LANES, n0 + nv * LANES);
+            for blk in 0..blocks {
+                let pk = &packed[blk * block_len..(blk + 1) * block_len];
+                let rows = (m - blk * MR).min(MR);
+                if nv > 0 {
+                    let mut tile = [0.0f32; MR * NR];
+                    let direct = rows == MR;
+                    let (cc, off, ld): (&mut [f32], usize, usize) = if direct {
+                        (&mut *c, blk * MR * ldc + n0, ldc)
+                    } else {
+                        (&mut tile, 0, NR)
+                    };
+                    match nv {
+                        1 => conv1x1_tile::<MR, 1, A, R>(k, pk, b, n0, brows, max_row, cc, off, ld),
+                        _ => conv1x1_tile::<MR, 2, A, R>(k, pk, b, n0, brows, max_row, cc, off, ld),
+                    }
+                    if !direct {
+                        copy_tile(&tile, NR, rows, nv * LANES, c, blk * MR * ldc + n0, ldc);
+                    }
+                }
+                let mut put = |j: usize, col: &[f32; 8]| {
+                    for (i, v) in col.iter().enumerate().take(rows) {
+                        c[(blk * MR + i) * ldc + col0 + j] = A::apply_scalar(*v);
+                    }
+                };
+                match r {
+                    0 => {}
+                    1 => gemv_cols::<1, R>(k, pk, b, brows, col0)
+                        .iter()
+                        .enumerate()
+                        .for_each(|(j, v)| put(j, v)),
+                    2 => gemv_cols::<2, R>(k, pk, b, brows, col0)
+                        .iter()
+                        .enumerate()
+                        .for_each(|(j, v)| put(j, v)),
+                    3 => gemv_cols::<3, R>(k, pk, b, brows, col0)
+                        .iter()
+                        .enumerate()
+                        .for_each(|(j, v)| put(j, v)),
+                    _ => gemv_cols::<4, R>(k, pk, b, brows, col0)
+                        .iter()
+                        .enumerate()
+                        .for_each(|(j, v)| put(j, v)),
+                }
+            }
         } else {
             // Column tail: a zero-padded k x NR panel, so every lane the
             // micro-kernel reads is a real zero, then narrow tiles over it.
@@ -177,6 +228,48 @@ pub fn conv1x1<A: Act, R: Rows>(args: Conv1x1Args<'_, R>, scratch: &mut [f32]) {
         }
         n0 += cols;
     }
+}
+
+/// Columns past the last whole vector that [`gemv_cols`] handles; more go
+/// through a zero-padded panel and a whole vector.
+const GEMV_MAX_COLS: usize = 4;
+
+/// `bias[i] + Σ_kk w[kk][i] · b[kk][col0 + j]` for the block's `MR` rows and
+/// `RC <= GEMV_MAX_COLS` columns `j`, vectorised along the rows (`MR <= 8`
+/// lanes of an `f32x8`). Four partial sums over `kk mod 4` break the FMA
+/// latency chain; the order is fixed, so results do not depend on threading.
+#[inline(always)]
+fn gemv_cols<const RC: usize, R: Rows>(
+    k: usize,
+    pk: &[f32],
+    b: &[f32],
+    rows: R,
+    col0: usize,
+) -> [[f32; 8]; RC] {
+    type W = wide::f32x8;
+    const { assert!(MR <= 8) };
+    let w = &pk[MR..(k + 1) * MR];
+    let mut acc = [[W::ZERO; 4]; RC];
+    let step = |kk: usize, s: usize, acc: &mut [[W; 4]; RC]| {
+        let wk = W::from(&w[kk * MR..(kk + 1) * MR]);
+        let base = rows.at(kk) + col0;
+        let xs = &b[base..base + RC];
+        for (a, &x) in acc.iter_mut().zip(xs) {
+            a[s] = W::splat(x).mul_add(wk, a[s]);
+        }
+    };
+    let k4 = k / 4 * 4;
+    for kk in (0..k4).step_by(4) {
+        step(kk, 0, &mut acc);
+        step(kk + 1, 1, &mut acc);
+        step(kk + 2, 2, &mut acc);
+        step(kk + 3, 3, &mut acc);
+    }
+    for kk in k4..k {
+        step(kk, kk - k4, &mut acc);
+    }
+    let bias = W::from(&pk[..MR]);
+    acc.map(|a| (bias + ((a[0] + a[1]) + (a[2] + a[3]))).to_array())
 }
 
 /// Runs the micro-kernel with `nrv` (<= NRV) vectors per row into `tile` (row stride NR).

@@ -50,10 +50,11 @@ pub use dw3x3_s2p1::dw3x3_s2p1_band;
 use crate::act::Act;
 use crate::lanes::{LANES, V};
 
-/// Output rows per stride-1 band.
-pub const R_S1: usize = 4;
-/// Output rows per stride-2 band.
-pub const R_S2: usize = 4;
+/// Most output rows per band (accumulators: `R_MAX` vectors).
+pub const R_MAX: usize = 8;
+/// Fewest rows of a band when a plane needs more than one band
+/// (`ceil(oh / ceil(oh / R_MAX))` for `oh > R_MAX`).
+const MIN_MULTI_BAND: usize = R_MAX / 2 + 1;
 
 /// The stride-1 kernel's name, `dw3x3_s1p1_<R>x<LANES>__<lanes>`.
 #[cfg(target_feature = "avx512f")]
@@ -213,13 +214,12 @@ pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     m[w.min(LANES) - 1] = 0.0;
     let mr_last = V::new(m);
     let ncol = w.div_ceil(LANES);
+    let (nband, rows) = bands(oh);
 
     let plane = |k: &[V; 10], src: &[f32], in_off: usize, dst: &mut [f32], out_off: usize| {
-        // LOOP 2: bands of R_S1 output rows (the last one moved up to end at oh).
-        let nband = oh.div_ceil(R_S1);
+        // LOOP 2: bands of `rows` output rows (the last one moved up to end at oh).
         for b in 0..nband {
-            let oy0 = (b * R_S1).min(oh.saturating_sub(R_S1));
-            let rows = oh.min(R_S1);
+            let oy0 = (b * rows).min(oh - rows);
             let top = oy0 == 0;
             let bot = oy0 + rows == oh;
             // LOOP 3: column vectors (the last one moved left to end at ow).
@@ -256,8 +256,7 @@ pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
 }
 
 /// Runs the stride-1 band kernel instantiated for `rows` rows and the given
-/// vertical padding (`rows < R_S1` only when the plane has fewer rows, so
-/// then both `top` and `bot` hold).
+/// vertical padding.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn s1_band<A: Act>(
@@ -274,30 +273,70 @@ fn s1_band<A: Act>(
     oo: usize,
     ow: usize,
 ) {
-    match (rows, top, bot) {
-        (R_S1, false, false) => {
-            dw3x3_s1p1_band::<R_S1, false, false, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        (R_S1, true, false) => {
-            dw3x3_s1p1_band::<R_S1, true, false, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        (R_S1, false, true) => {
-            dw3x3_s1p1_band::<R_S1, false, true, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        (R_S1, true, true) => {
-            dw3x3_s1p1_band::<R_S1, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        (1, true, true) => {
-            dw3x3_s1p1_band::<1, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        (2, true, true) => {
-            dw3x3_s1p1_band::<2, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        (3, true, true) => {
-            dw3x3_s1p1_band::<3, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        _ => unreachable!("band of {rows} rows (top {top}, bot {bot})"),
+    macro_rules! go {
+        ($r:literal) => {
+            s1_band_r::<$r, A>(top, bot, k, input, io, w, ml, mr, output, oo, ow)
+        };
     }
+    match rows {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        5 => go!(5),
+        6 => go!(6),
+        7 => go!(7),
+        8 => go!(8),
+        _ => unreachable!("band of {rows} rows"),
+    }
+}
+
+/// [`s1_band`] for a fixed `R`. Bands of fewer than [`MIN_MULTI_BAND`] rows
+/// only occur as the single band of a short plane (`top && bot`), so the other
+/// padding variants are not instantiated for them.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn s1_band_r<const R: usize, A: Act>(
+    top: bool,
+    bot: bool,
+    k: &[V; 10],
+    input: &[f32],
+    io: usize,
+    w: usize,
+    ml: V,
+    mr: V,
+    output: &mut [f32],
+    oo: usize,
+    ow: usize,
+) {
+    if R < MIN_MULTI_BAND {
+        assert!(top && bot, "short band inside a plane");
+        return dw3x3_s1p1_band::<R, true, true, A>(k, input, io, w, ml, mr, output, oo, ow);
+    }
+    match (top, bot) {
+        (false, false) => {
+            dw3x3_s1p1_band::<R, false, false, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        (true, false) => {
+            dw3x3_s1p1_band::<R, true, false, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        (false, true) => {
+            dw3x3_s1p1_band::<R, false, true, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+        (true, true) => {
+            dw3x3_s1p1_band::<R, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
+        }
+    }
+}
+
+/// Splits `oh` output rows into `nb` bands of `r` rows, `r <= R_MAX`, as
+/// even as possible: `nb = ceil(oh / R_MAX)`, `r = ceil(oh / nb)`; the last
+/// band starts at `oh - r` (it may overlap the one before it).
+/// With `oh > R_MAX`, `r >= MIN_MULTI_BAND`.
+#[inline]
+fn bands(oh: usize) -> (usize, usize) {
+    let nb = oh.div_ceil(R_MAX);
+    (nb, oh.div_ceil(nb))
 }
 
 /// Depthwise 3x3, stride 2, padding 1: computes `output[..channels*oh*ow]`,
@@ -329,7 +368,7 @@ pub fn dw3x3_s2p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     e[(h + 1) * ws..].fill(0.0);
     o[(h + 1) * ws..].fill(0.0);
     let ncol = ow.div_ceil(LANES);
-    let nband = oh.div_ceil(R_S2);
+    let (nband, rows) = bands(oh);
 
     // LOOP 1: channels, in order (spilling stores rely on it).
     for c in 0..channels {
@@ -341,20 +380,28 @@ pub fn dw3x3_s2p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
         }
         let fast = c * ohw + out_region(oh, ow) <= output.len();
         let (dst, out_off) = if fast { (&mut *output, c * ohw) } else { (&mut *s_out, 0) };
-        // LOOP 2: bands of R_S2 output rows (the last one moved up to end at oh).
+        // LOOP 2: bands of `rows` output rows (the last one moved up to end at oh).
         for b in 0..nband {
-            let oy0 = (b * R_S2).min(oh.saturating_sub(R_S2));
-            let rows = oh.min(R_S2);
+            let oy0 = (b * rows).min(oh - rows);
             // LOOP 3: column vectors (the last one moved left to end at ow).
             for j in 0..ncol {
                 let ox0 = col_start(j, ow);
                 let eo = 2 * oy0 * ws + ox0;
                 let oo = out_off + oy0 * ow + ox0;
+                macro_rules! go {
+                    ($r:literal) => {
+                        dw3x3_s2p1_band::<$r, A>(&k, e, o, eo, ws, dst, oo, ow)
+                    };
+                }
                 match rows {
-                    R_S2 => dw3x3_s2p1_band::<R_S2, A>(&k, e, o, eo, ws, dst, oo, ow),
-                    1 => dw3x3_s2p1_band::<1, A>(&k, e, o, eo, ws, dst, oo, ow),
-                    2 => dw3x3_s2p1_band::<2, A>(&k, e, o, eo, ws, dst, oo, ow),
-                    3 => dw3x3_s2p1_band::<3, A>(&k, e, o, eo, ws, dst, oo, ow),
+                    1 => go!(1),
+                    2 => go!(2),
+                    3 => go!(3),
+                    4 => go!(4),
+                    5 => go!(5),
+                    6 => go!(6),
+                    7 => go!(7),
+                    8 => go!(8),
                     _ => unreachable!("band of {rows} rows"),
                 }
             }
