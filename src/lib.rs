@@ -50,3 +50,8 @@ pub const MAX_ELEMENTS: usize = 1 << 31;
 pub fn simd_lanes_name() -> &'static str {
     repconv_kernels::lanes::LANES_NAME
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -105,12 +105,28 @@ impl BatchNorm2d {
     }
 
     /// Statistics calibrated on the tensor `y` it will normalise (see
-    /// [`MobileOneBlock::random_calibrated`](super::MobileOneBlock::random_calibrated)):
-    /// measured per-channel mean and variance (floored at 5% of the average
-    /// variance), perturbed, with random `gamma` and `beta` scaled by
-    /// `1 / sqrt(branches)`. BN eps is 1e-5.
-    pub fn calibrated(y: TensorView<'_>, branches: usize, rng: &mut SplitMix64) -> Result<Self> {
+    /// [`MobileOneBlock::random_calibrated`](super::MobileOneBlock::random_calibrated)),
+    /// whose channel `c` was produced with a known random gain `gains[c]`:
+    /// `running_mean` is the measured per-channel mean (+ `[-0.2, 0.2)`
+    /// standard deviations), `running_var = gains[c]^2 * V * r` with `V` the
+    /// layer's measured variance per unit gain (averaged over channels, so a
+    /// nearly constant channel is not blown up) and `r` log-uniform in
+    /// `[0.5, 2)`; `gamma` in `[0.5, 1.5) / sqrt(branches)`, `beta` in
+    /// `[-0.2, 0.2) / sqrt(branches)`, eps 1e-5.
+    pub fn calibrated(
+        y: TensorView<'_>,
+        gains: &[f32],
+        branches: usize,
+        rng: &mut SplitMix64,
+    ) -> Result<Self> {
         let [n, c, h, w] = y.shape();
+        if gains.len() != c {
+            return Err(Error::LengthMismatch {
+                what: "calibration gains",
+                expected: c,
+                got: gains.len(),
+            });
+        }
         let hw = h * w;
         let count = (n * hw) as f64;
         let mut mean = vec![0f64; c];
@@ -122,11 +138,18 @@ impl BatchNorm2d {
             let m = mean[p % c];
             var[p % c] += plane.iter().map(|&v| (f64::from(v) - m).powi(2)).sum::<f64>() / count;
         }
-        let floor = (0.05 * var.iter().sum::<f64>() / c as f64).max(1e-6);
+        let unit_var = (var.iter().zip(gains).map(|(v, g)| v / f64::from(*g).powi(2)).sum::<f64>()
+            / c as f64)
+            .max(1e-6);
         let norm = 1.0 / (branches.max(1) as f64).sqrt();
-        let mut params = (Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c));
-        for (m, v) in mean.iter().zip(&var) {
-            let v = v.max(floor) * rng.log_uniform(0.5, 2.0);
+        let mut params = (
+            Vec::with_capacity(c),
+            Vec::with_capacity(c),
+            Vec::with_capacity(c),
+            Vec::with_capacity(c),
+        );
+        for (m, g) in mean.iter().zip(gains) {
+            let v = f64::from(*g).powi(2) * unit_var * rng.log_uniform(0.5, 2.0);
             params.0.push((rng.uniform(0.5, 1.5) * norm) as f32);
             params.1.push((rng.uniform(-0.2, 0.2) * norm) as f32);
             params.2.push((m + rng.uniform(-0.2, 0.2) * v.sqrt()) as f32);

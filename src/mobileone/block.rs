@@ -290,32 +290,45 @@ impl MobileOneBlock {
     /// each conv branch's output channels get a random gain (log-uniform in
     /// `[0.1, 3)`, so running variances span about 0.01..10), and each BN's
     /// running mean and variance are the measured per-channel statistics of
-    /// its input on `x`, perturbed (variance x log-uniform `[0.5, 2)`, mean +
-    /// `[-0.2, 0.2)` standard deviations), with `gamma` in `[0.5, 1.5) /
-    /// sqrt(branches)` and `beta` in `[-0.2, 0.2) / sqrt(branches)`. Every
+    /// its input on `x`, perturbed (see [`BatchNorm2d::calibrated`]). Every
     /// branch is then roughly normalised, so deep stacks of such blocks keep
     /// their signal. BN eps is 1e-5.
-    pub fn random_calibrated(config: BlockConfig, x: &Tensor, rng: &mut SplitMix64) -> Result<Self> {
+    pub fn random_calibrated(
+        config: BlockConfig,
+        x: &Tensor,
+        rng: &mut SplitMix64,
+    ) -> Result<Self> {
         config.validate()?;
         let nb = config.num_branches();
         let mut branch = |params: Conv2dParams, rng: &mut SplitMix64| -> Result<ConvBn> {
             let per_out = params.weight_len()? / params.out_channels;
             let bound = (6.0 / per_out.max(1) as f32).sqrt();
             let mut weights = rng.uniform_vec(params.weight_len()?, -bound, bound);
+            let mut gains = Vec::with_capacity(params.out_channels);
             for row in weights.chunks_exact_mut(per_out.max(1)) {
                 let gain = rng.log_uniform(0.1, 3.0) as f32;
                 row.iter_mut().for_each(|w| *w *= gain);
+                gains.push(gain);
             }
             let conv = Conv2d::new(params, &weights, None, Activation::None)?;
             let y = conv.forward(x)?;
-            Ok(ConvBn { conv, bn: BatchNorm2d::calibrated(y.view(), nb, rng)? })
+            Ok(ConvBn { conv, bn: BatchNorm2d::calibrated(y.view(), &gains, nb, rng)? })
         };
         let conv_kxk = (0..config.num_conv_branches)
             .map(|_| branch(config.conv_params(), rng))
             .collect::<Result<Vec<_>>>()?;
-        let conv_scale = if config.has_scale() { Some(branch(config.scale_params(), rng)?) } else { None };
-        let identity = if config.has_identity() { Some(BatchNorm2d::calibrated(x.view(), nb, rng)?) } else { None };
-        let attn = if config.use_se { Some(SqueezeExcite::random(config.out_channels, rng)?) } else { None };
+        let conv_scale =
+            if config.has_scale() { Some(branch(config.scale_params(), rng)?) } else { None };
+        let identity = if config.has_identity() {
+            Some(BatchNorm2d::calibrated(x.view(), &vec![1.0; config.out_channels], nb, rng)?)
+        } else {
+            None
+        };
+        let attn = if config.use_se {
+            Some(SqueezeExcite::random(config.out_channels, rng)?)
+        } else {
+            None
+        };
         MobileOneBlock::from_parts(config, conv_kxk, conv_scale, identity, attn)
     }
 

@@ -308,19 +308,26 @@ pub struct MobileOne {
 
 impl MobileOne {
     /// A multi-branch network with seeded random weights and non-trivial BN
-    /// statistics (see [`MobileOneBlock::random`]); the same seed always gives
-    /// the same network.
+    /// statistics, calibrated block by block on a seeded random batch of two
+    /// 64x64 images (see [`MobileOneBlock::random_calibrated`]) so that, like
+    /// a trained network, its activations stay normalised and its logits
+    /// depend on the input. The same seed gives the same network in a given
+    /// build.
     pub fn random(config: MobileOneConfig, seed: u64) -> Result<Self> {
         let (stem_cfg, stage_cfgs) = config.block_configs()?;
         let mut rng = SplitMix64::new(seed);
-        let stem = Block::MultiBranch(MobileOneBlock::random(stem_cfg, &mut rng)?);
+        let shape = [2, config.in_channels, 64, 64];
+        let len = crate::tensor::checked_numel("calibration input", shape)?;
+        let mut x = Tensor::from_vec(shape, rng.uniform_vec(len, -1.0, 1.0))?;
+        let mut make = |c: BlockConfig, rng: &mut SplitMix64| -> Result<Block> {
+            let b = MobileOneBlock::random_calibrated(c, &x, rng)?;
+            x = b.forward(&x)?;
+            Ok(Block::MultiBranch(b))
+        };
+        let stem = make(stem_cfg, &mut rng)?;
         let stages = stage_cfgs
             .iter()
-            .map(|s| {
-                s.iter()
-                    .map(|&c| Ok(Block::MultiBranch(MobileOneBlock::random(c, &mut rng)?)))
-                    .collect()
-            })
+            .map(|s| s.iter().map(|&c| make(c, &mut rng)).collect())
             .collect::<Result<Vec<Vec<Block>>>>()?;
         let head_fc = Linear::random(config.num_features(), config.num_classes, &mut rng)?;
         MobileOne::from_parts(config, stem, stages, head_fc)
@@ -449,6 +456,17 @@ impl MobileOne {
             shape = b.output_shape(shape)?;
         }
         Ok(total + 2 * (input[0] * self.head_fc.in_features() * self.head_fc.out_features()) as u64)
+    }
+
+    /// The final feature map `[n, C, h, w]` (after the last block, before the
+    /// pool and head), as timm's `forward_features`. Allocates per block; use
+    /// [`forward_into`](Self::forward_into) for the steady-state path.
+    pub fn forward_features(&self, input: &Tensor) -> Result<Tensor> {
+        let mut x = self.stem.forward(input)?;
+        for b in self.stages.iter().flatten() {
+            x = b.forward(&x)?;
+        }
+        Ok(x)
     }
 
     /// Runs the network into a new logits tensor `[n, num_classes, 1, 1]`.

@@ -37,7 +37,7 @@
 //! lies in `input`, and `out_off + (R-1)*ow + LANES <= output.len()`.
 
 use crate::act::Act;
-use crate::lanes::{LANES, V, load, store};
+use crate::lanes::{LANES, V, load_unchecked, store_unchecked};
 
 /// Computes one `R x LANES` output block; see the module docs.
 ///
@@ -75,9 +75,16 @@ pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, A: Act>
             continue;
         }
         let base = in_off + i * w - w;
-        let l = load(input, base - 1) & mask_l;
-        let c = load(input, base);
-        let r = load(input, base + 1) & mask_r;
+        // SAFETY: base - 1 = in_off + (i-1)*w - 1 >= in_off + first*w - w - 1 >= 0
+        // and base + 1 + LANES <= in_off + last*w - w + 1 + LANES <= input.len(),
+        // both by the entry asserts (first <= i <= last).
+        let (l, c, r) = unsafe {
+            (
+                load_unchecked(input, base - 1) & mask_l,
+                load_unchecked(input, base),
+                load_unchecked(input, base + 1) & mask_r,
+            )
+        };
         for (j, a) in acc.iter_mut().enumerate() {
             // Output row j uses input rows j..j+3, i.e. ky = i - j.
             if i >= j && i - j < 3 {
@@ -89,6 +96,8 @@ pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, A: Act>
         }
     }
     for (j, a) in acc.iter().enumerate() {
-        store(output, out_off + j * ow, A::apply(*a));
+        // SAFETY: out_off + j*ow + LANES <= out_off + (R-1)*ow + LANES <= output.len()
+        // by the entry assert.
+        unsafe { store_unchecked(output, out_off + j * ow, A::apply(*a)) };
     }
 }

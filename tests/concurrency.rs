@@ -1,0 +1,89 @@
+//! One `Conv2d` shared by 8 threads, each running different inputs at once,
+//! gives exactly the serial results (no shared mutable state, per-thread
+//! scratch); and every kernel family is bitwise identical for rayon pools of
+//! 1, 2, 3 and 8 threads.
+
+mod common;
+
+use common::values;
+use repconv::{Activation, Conv2d, Conv2dParams, Parallelism, Tensor};
+
+fn layers() -> Vec<(Conv2dParams, [usize; 4])> {
+    vec![
+        (Conv2dParams::new(40, 72, [1, 1]), [1, 40, 14, 14]),
+        (Conv2dParams::new(16, 32, [3, 3]).with_padding([1, 1]), [2, 16, 23, 29]),
+        (Conv2dParams::new(3, 24, [3, 3]).with_padding([1, 1]).with_stride([2, 2]), [1, 3, 64, 61]),
+        (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]).with_groups(64), [1, 64, 28, 28]),
+        (
+            Conv2dParams::new(64, 64, [3, 3])
+                .with_padding([1, 1])
+                .with_stride([2, 2])
+                .with_groups(64),
+            [2, 64, 15, 17],
+        ),
+        (Conv2dParams::new(12, 24, [5, 5]).with_padding([2, 2]).with_groups(4), [1, 12, 20, 20]),
+        (
+            Conv2dParams::new(16, 32, [3, 3]).with_stride([2, 1]).with_dilation([2, 1]),
+            [1, 16, 19, 24],
+        ),
+    ]
+}
+
+fn build(params: Conv2dParams, seed: u64) -> Conv2d {
+    let w = values(seed, params.weight_len().unwrap());
+    let b = values(seed + 1, params.out_channels);
+    Conv2d::new(params, &w, Some(&b), Activation::Relu).unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.as_slice().iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn any_thread_count_gives_the_same_bits() {
+    for (i, (params, shape)) in layers().into_iter().enumerate() {
+        let conv = build(params, i as u64);
+        let x = Tensor::from_vec(shape, values(100 + i as u64, shape.iter().product())).unwrap();
+        let serial = bits(&conv.clone().with_parallelism(Parallelism::Serial).forward(&x).unwrap());
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for conv in [conv.clone(), conv.clone().with_parallel_threshold(0)] {
+                let y = pool.install(|| conv.forward(&x).unwrap());
+                assert_eq!(bits(&y), serial, "{} with {threads} threads", conv.kernel_name());
+            }
+        }
+    }
+}
+
+#[test]
+fn one_conv_shared_by_eight_threads() {
+    for (i, (params, shape)) in layers().into_iter().enumerate() {
+        let conv = build(params, 10 + i as u64).with_parallel_threshold(0);
+        let inputs: Vec<Tensor> = (0..8)
+            .map(|t| {
+                Tensor::from_vec(shape, values(1000 * (i as u64 + 1) + t, shape.iter().product()))
+                    .unwrap()
+            })
+            .collect();
+        let want: Vec<Vec<u32>> = inputs
+            .iter()
+            .map(|x| bits(&conv.clone().with_parallelism(Parallelism::Serial).forward(x).unwrap()))
+            .collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = inputs
+                .iter()
+                .map(|x| {
+                    let conv = &conv;
+                    s.spawn(move || {
+                        (0..4).map(|_| bits(&conv.forward(x).unwrap())).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for (h, want) in handles.into_iter().zip(&want) {
+                for got in h.join().unwrap() {
+                    assert_eq!(&got, want, "{}", conv.kernel_name());
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,72 @@
+//! Steady state allocates nothing: after warm-up, `Conv2d::forward_into` on
+//! every kernel family, serial and split over a rayon pool, makes zero heap
+//! allocations per call (counted by an instrumented global allocator). This
+//! file holds one test so no other test's allocations run concurrently.
+
+use repconv::{Activation, Conv2d, Conv2dParams, Parallelism, Tensor};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use std::alloc::System;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+#[test]
+fn forward_into_allocates_nothing_after_warm_up() {
+    let layers = [
+        (Conv2dParams::new(32, 48, [1, 1]), [1, 32, 14, 15]),
+        (Conv2dParams::new(8, 24, [3, 3]).with_padding([1, 1]), [2, 8, 17, 19]),
+        (Conv2dParams::new(3, 16, [3, 3]).with_padding([1, 1]).with_stride([2, 2]), [1, 3, 33, 31]),
+        (Conv2dParams::new(24, 24, [3, 3]).with_padding([1, 1]).with_groups(24), [1, 24, 21, 18]),
+        (
+            Conv2dParams::new(24, 24, [3, 3])
+                .with_padding([1, 1])
+                .with_stride([2, 2])
+                .with_groups(24),
+            [2, 24, 13, 40],
+        ),
+        (
+            Conv2dParams::new(6, 12, [5, 3])
+                .with_padding([2, 0])
+                .with_dilation([1, 2])
+                .with_groups(3),
+            [1, 6, 16, 16],
+        ),
+        (Conv2dParams::new(16, 16, [3, 3]), [1, 16, 12, 12]),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for (params, shape) in layers {
+        let weights = vec![0.01; params.weight_len().unwrap()];
+        let bias = vec![0.1; params.out_channels];
+        let conv = Conv2d::new(params, &weights, Some(&bias), Activation::Relu).unwrap();
+        let x = Tensor::full(shape, 0.5).unwrap();
+        let mut y = Tensor::zeros(conv.output_shape(shape).unwrap()).unwrap();
+        for parallel in [false, true] {
+            let conv = if parallel {
+                conv.clone().with_parallel_threshold(0)
+            } else {
+                conv.clone().with_parallelism(Parallelism::Serial)
+            };
+            pool.install(|| {
+                for _ in 0..4 {
+                    conv.forward_into(x.view(), y.view_mut()).unwrap();
+                }
+                let region = Region::new(GLOBAL);
+                for _ in 0..8 {
+                    conv.forward_into(x.view(), y.view_mut()).unwrap();
+                }
+                let change = region.change();
+                // The counter works: `forward` allocates its output tensor.
+                let probe = Region::new(GLOBAL);
+                drop(conv.forward(&x).unwrap());
+                assert!(probe.change().allocations >= 1, "allocation counter is not counting");
+                assert_eq!(
+                    (change.allocations, change.reallocations),
+                    (0, 0),
+                    "{} (parallel: {parallel}) allocated {} bytes in steady state",
+                    conv.kernel_name(),
+                    change.bytes_allocated
+                );
+            });
+        }
+    }
+}
