@@ -51,12 +51,55 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
+/// A few shapes at 1 and 2 threads (rayon pools), planned kernel and general
+/// path, to show the thread scaling of both.
+fn threads(c: &mut Criterion) {
+    let picks = [
+        "s0.pw.128x128@28",
+        "s1.pw.512x512@14",
+        "dense3x3.64@56",
+        "s0.stem.3x48@224/2",
+        "s0.dw.128@28",
+    ];
+    let mut group = c.benchmark_group("threads");
+    for layer in all_layers().filter(|l| picks.contains(&l.name)) {
+        let params = layer.params();
+        let shape = layer.input_shape();
+        let weights: Vec<f32> =
+            seeded(params.weight_len().unwrap(), 1).iter().map(|w| w * 0.1).collect();
+        let bias = seeded(layer.cout, 2);
+        let input = Tensor::from_vec(shape, seeded(shape.iter().product(), 3)).unwrap();
+        group.throughput(Throughput::Elements(params.flops(shape).unwrap()));
+        for choice in [KernelChoice::Auto, KernelChoice::General] {
+            let conv = Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)
+                .unwrap();
+            let mut out = Tensor::zeros(conv.output_shape(shape).unwrap()).unwrap();
+            for n in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+                let id = format!("{}:{}t", layer.name, n);
+                group.bench_with_input(
+                    BenchmarkId::new(conv.kernel_name(), &id),
+                    &input,
+                    |b, x| {
+                        pool.install(|| {
+                            b.iter(|| {
+                                conv.forward_into(black_box(x.view()), out.view_mut()).unwrap()
+                            })
+                        })
+                    },
+                );
+            }
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2))
         .sample_size(30);
-    targets = kernels
+    targets = kernels, threads
 }
 criterion_main!(benches);

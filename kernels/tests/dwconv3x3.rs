@@ -4,6 +4,9 @@
 //!
 //! Run with `cargo test --release -p repconv-kernels --features testing --test dwconv3x3`.
 
+// The oracle is behind the `testing` feature; without it this suite is empty.
+#![cfg(feature = "testing")]
+
 use proptest::prelude::*;
 use repconv_kernels::act::{Identity, Relu};
 use repconv_kernels::dwconv3x3::{

@@ -1,6 +1,8 @@
 //! Command-line parsing and dispatch.
 
 mod layers;
+mod main_job;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 
@@ -11,6 +13,9 @@ pub struct Cli {
     /// The command; without one, the main job runs.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Options of the main job (MobileOne multi-branch vs fused).
+    #[command(flatten)]
+    pub main: main_job::MainArgs,
 }
 
 /// The subcommands.
@@ -19,13 +24,17 @@ pub enum Command {
     /// Time every MobileOne-S0/S1 layer shape (and generic shapes) through
     /// `Conv2d` with bias + ReLU and report GFLOP/s and % of the in-process peak.
     Layers(layers::LayersArgs),
+    /// Block latency against the branch count k, multi-branch vs fused,
+    /// plotted to an SVG (e.g. `--out docs/branches.svg`).
+    SweepBranches(sweep::SweepArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Some(Command::Layers(args)) => layers::run(&args),
-        None => layers::run(&layers::LayersArgs::default()),
+        Some(Command::SweepBranches(args)) => sweep::run(&args),
+        None => main_job::run(&cli.main),
     }
 }
 

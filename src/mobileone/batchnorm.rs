@@ -49,9 +49,9 @@ impl BatchNorm2d {
         if !(eps.is_finite() && eps >= 0.0) {
             return Err(Error::invalid("eps", format!("must be finite and >= 0, got {eps}")));
         }
-        if let Some((i, v)) =
-            running_var.iter().enumerate().find(|(_, v)| !(f64::from(**v) + f64::from(eps) > 0.0))
-        {
+        if let Some((i, v)) = running_var.iter().enumerate().find(|(_, v)| {
+            (f64::from(**v) + f64::from(eps)).partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        }) {
             return Err(Error::invalid(
                 "running_var",
                 format!("running_var[{i}] + eps = {} is not positive", v + eps),

@@ -114,7 +114,7 @@ impl BlockConfig {
         if self.num_conv_branches == 0 {
             return Err(Error::invalid("num_conv_branches", "must be at least 1"));
         }
-        if self.kernel % 2 == 0 {
+        if self.kernel.is_multiple_of(2) {
             return Err(Error::invalid(
                 "kernel",
                 format!("must be odd (padding kernel / 2 keeps the centre), got {}", self.kernel),
@@ -300,7 +300,7 @@ impl MobileOneBlock {
     ) -> Result<Self> {
         config.validate()?;
         let nb = config.num_branches();
-        let mut branch = |params: Conv2dParams, rng: &mut SplitMix64| -> Result<ConvBn> {
+        let branch = |params: Conv2dParams, rng: &mut SplitMix64| -> Result<ConvBn> {
             let per_out = params.weight_len()? / params.out_channels;
             let bound = (6.0 / per_out.max(1) as f32).sqrt();
             let mut weights = rng.uniform_vec(params.weight_len()?, -bound, bound);
@@ -573,6 +573,8 @@ impl ReparamBlock {
 }
 
 /// A MobileOne block in either form.
+// A network holds a few dozen blocks; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Block {
     /// Train-time branches.

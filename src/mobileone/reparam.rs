@@ -12,7 +12,7 @@ use super::batchnorm::BatchNorm2d;
 /// `b'[o] = beta[o] - mean[o] * g[o] / sqrt(v[o] + eps)`, computed in `f64`.
 pub fn fold_conv_bn(weights: &[f32], bn: &BatchNorm2d) -> Result<(Vec<f32>, Vec<f32>)> {
     let c = bn.channels();
-    if weights.is_empty() || weights.len() % c != 0 {
+    if weights.is_empty() || !weights.len().is_multiple_of(c) {
         return Err(Error::invalid(
             "weights",
             format!(
@@ -37,13 +37,13 @@ pub fn fold_conv_bn(weights: &[f32], bn: &BatchNorm2d) -> Result<(Vec<f32>, Vec<
 /// groups)]`, 0 elsewhere. Convolving with it (padding `k / 2`, stride 1)
 /// returns the input.
 pub fn identity_kernel(channels: usize, groups: usize, kernel: [usize; 2]) -> Result<Vec<f32>> {
-    if channels == 0 || groups == 0 || channels % groups != 0 {
+    if channels == 0 || groups == 0 || !channels.is_multiple_of(groups) {
         return Err(Error::invalid(
             "groups",
             format!("{groups} groups do not divide {channels} channels"),
         ));
     }
-    if kernel[0] % 2 == 0 || kernel[1] % 2 == 0 {
+    if kernel[0].is_multiple_of(2) || kernel[1].is_multiple_of(2) {
         return Err(Error::invalid(
             "kernel",
             format!("identity needs an odd kernel, got {kernel:?}"),

@@ -41,31 +41,36 @@
 
 #![allow(non_snake_case)]
 
+mod dw3x3_flat;
 mod dw3x3_s1p1;
 mod dw3x3_s2p1;
 
+pub use dw3x3_flat::{copy_flat_rows, dw3x3_flat_plane};
 pub use dw3x3_s1p1::dw3x3_s1p1_band;
 pub use dw3x3_s2p1::dw3x3_s2p1_band;
 
 use crate::act::Act;
-use crate::lanes::{LANES, V};
+use crate::lanes::{LANES, V, load, store};
 
-/// Most output rows per band (accumulators: `R_MAX` vectors).
+/// Most output rows per stride-1 band (accumulators: `R_MAX` vectors).
 pub const R_MAX: usize = 8;
-/// Fewest rows of a band when a plane needs more than one band
+/// Fewest rows of a stride-1 band when a plane needs more than one band
 /// (`ceil(oh / ceil(oh / R_MAX))` for `oh > R_MAX`).
 const MIN_MULTI_BAND: usize = R_MAX / 2 + 1;
+/// Most output rows per stride-2 band. A stride-2 band reads `2R+1` rows, and
+/// 4 keeps the fully unrolled kernel small enough for LLVM to unroll it.
+pub const R_MAX_S2: usize = 4;
 
-/// The stride-1 kernel's name, `dw3x3_s1p1_<R>x<LANES>__<lanes>`.
+/// The stride-1 kernel's name, `dw3x3_s1p1_<R_MAX>x<LANES>__<lanes>`.
 #[cfg(target_feature = "avx512f")]
-pub const NAME_S1: &str = "dw3x3_s1p1_4x16__x16";
-/// The stride-1 kernel's name, `dw3x3_s1p1_<R>x<LANES>__<lanes>`.
+pub const NAME_S1: &str = "dw3x3_s1p1_8x16__x16";
+/// The stride-1 kernel's name, `dw3x3_s1p1_<R_MAX>x<LANES>__<lanes>`.
 #[cfg(not(target_feature = "avx512f"))]
-pub const NAME_S1: &str = "dw3x3_s1p1_4x8__x8";
-/// The stride-2 kernel's name, `dw3x3_s2p1_<R>x<LANES>__<lanes>`.
+pub const NAME_S1: &str = "dw3x3_s1p1_8x8__x8";
+/// The stride-2 kernel's name, `dw3x3_s2p1_<R_MAX_S2>x<LANES>__<lanes>`.
 #[cfg(target_feature = "avx512f")]
 pub const NAME_S2: &str = "dw3x3_s2p1_4x16__x16";
-/// The stride-2 kernel's name, `dw3x3_s2p1_<R>x<LANES>__<lanes>`.
+/// The stride-2 kernel's name, `dw3x3_s2p1_<R_MAX_S2>x<LANES>__<lanes>`.
 #[cfg(not(target_feature = "avx512f"))]
 pub const NAME_S2: &str = "dw3x3_s2p1_4x8__x8";
 
@@ -91,10 +96,11 @@ fn out_region(oh: usize, ow: usize) -> usize {
     (oh - 1) * ow + ow.max(LANES)
 }
 
-/// Row stride of the stride-2 de-interleaved scratch planes.
+/// Row stride of the stride-2 de-interleaved scratch planes: whole vectors
+/// (the de-interleave stores whole vectors) plus one for the `o` shift.
 #[inline]
 fn s2_row_stride(ow: usize) -> usize {
-    ow.max(LANES) + 1
+    ow.div_ceil(LANES) * LANES + 1
 }
 
 /// Floats of scratch one call of [`dw3x3_s1p1`] (`stride == 1`) or
@@ -105,10 +111,59 @@ fn s2_row_stride(ow: usize) -> usize {
 pub fn scratch_len(h: usize, w: usize, stride: usize) -> usize {
     assert!(h >= 1 && w >= 1, "planes must be at least 1x1");
     let (oh, ow) = (out_dim(h, stride), out_dim(w, stride));
-    match stride {
+    let rows = match stride {
         1 => s1_in_region(h, w) + out_region(oh, ow),
-        2 => 2 * (h + 2) * s2_row_stride(ow) + out_region(oh, ow),
+        2 => 4 * (h + 2) * s2_row_stride(ow) + out_region(oh, ow),
         _ => panic!("stride must be 1 or 2"),
+    };
+    rows.max(flat_scratch_len(h, w, stride))
+}
+
+/// Whether the flat kernel ([`dw3x3_flat_plane`]) runs a plane of width `w`:
+/// always at stride 2, and at stride 1 for planes narrower than two vectors.
+pub fn uses_flat(w: usize, stride: usize) -> bool {
+    stride == 2 || w < FLAT_S1_MAX_W
+}
+
+/// Stride-1 planes narrower than this run the flat kernel.
+const FLAT_S1_MAX_W: usize = 2 * LANES - 1;
+
+fn flat_geometry(h: usize, w: usize, stride: usize) -> crate::conv3x3::Geometry {
+    crate::conv3x3::Geometry { cin: 1, h, w, stride }
+}
+
+/// Scratch of the flat path: the prepared plane plus slack, and the flat output.
+fn flat_scratch_len(h: usize, w: usize, stride: usize) -> usize {
+    let g = flat_geometry(h, w, stride);
+    let step = dw3x3_flat::U * LANES;
+    g.prepared_len() + step + g.flat_len().div_ceil(step) * step
+}
+
+/// The flat driver: every plane is prepared (zero-padded, phase-split), run
+/// through [`dw3x3_flat_plane`], and its rows copied out.
+fn flat_driver<A: Act>(args: Dw3x3Args<'_>, stride: usize, scratch: &mut [f32]) {
+    let Dw3x3Args { channels, h, w, packed, input, output } = args;
+    let g = flat_geometry(h, w, stride);
+    let (oh, ow) = g.output_hw();
+    let (_, wq) = g.phase_hw();
+    let (hw, ohw, n) = (h * w, oh * ow, g.flat_len());
+    let step = dw3x3_flat::U * LANES;
+    let (prep, flat) = scratch.split_at_mut(g.prepared_len() + step);
+    let flat = &mut flat[..n.div_ceil(step) * step];
+    prep[g.prepared_len()..].fill(0.0);
+    let mut offsets = [0usize; 9];
+    crate::conv3x3::tap_offsets(&g, &mut offsets);
+    let output = &mut output[..channels * ohw];
+    // LOOP 1: channels, in order (short rows spill into later ones).
+    for c in 0..channels {
+        let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
+        crate::conv3x3::prepare_input(
+            &g,
+            &input[c * hw..(c + 1) * hw],
+            &mut prep[..g.prepared_len()],
+        );
+        dw3x3_flat_plane::<A>(&k, prep, &offsets, n, flat);
+        copy_flat_rows(flat, wq, oh, ow, &mut output[c * ohw..]);
     }
 }
 
@@ -197,6 +252,9 @@ fn col_start(j: usize, ow: usize) -> usize {
 /// the shapes imply, or if `scratch.len() < scratch_len(h, w, 1)`.
 pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let (oh, ow) = check_args(&args, 1, scratch);
+    if uses_flat(args.w, 1) {
+        return flat_driver::<A>(args, 1, scratch);
+    }
     let Dw3x3Args { channels, h, w, packed, input, output } = args;
     let hw = h * w;
     let input = &input[..channels * hw];
@@ -214,7 +272,7 @@ pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     m[w.min(LANES) - 1] = 0.0;
     let mr_last = V::new(m);
     let ncol = w.div_ceil(LANES);
-    let (nband, rows) = bands(oh);
+    let (nband, rows) = bands(oh, R_MAX);
 
     let plane = |k: &[V; 10], src: &[f32], in_off: usize, dst: &mut [f32], out_off: usize| {
         // LOOP 2: bands of `rows` output rows (the last one moved up to end at oh).
@@ -329,13 +387,13 @@ fn s1_band_r<const R: usize, A: Act>(
     }
 }
 
-/// Splits `oh` output rows into `nb` bands of `r` rows, `r <= R_MAX`, as
-/// even as possible: `nb = ceil(oh / R_MAX)`, `r = ceil(oh / nb)`; the last
+/// Splits `oh` output rows into `nb` bands of `r` rows, `r <= r_max`, as
+/// even as possible: `nb = ceil(oh / r_max)`, `r = ceil(oh / nb)`; the last
 /// band starts at `oh - r` (it may overlap the one before it).
-/// With `oh > R_MAX`, `r >= MIN_MULTI_BAND`.
+/// With `oh > r_max`, `r > r_max / 2`.
 #[inline]
-fn bands(oh: usize) -> (usize, usize) {
-    let nb = oh.div_ceil(R_MAX);
+fn bands(oh: usize, r_max: usize) -> (usize, usize) {
+    let nb = oh.div_ceil(r_max);
     (nb, oh.div_ceil(nb))
 }
 
@@ -352,6 +410,9 @@ fn bands(oh: usize) -> (usize, usize) {
 /// the shapes imply, or if `scratch.len() < scratch_len(h, w, 2)`.
 pub fn dw3x3_s2p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let (oh, ow) = check_args(&args, 2, scratch);
+    if uses_flat(args.w, 2) {
+        return flat_driver::<A>(args, 2, scratch);
+    }
     let Dw3x3Args { channels, h, w, packed, input, output } = args;
     let (hw, ohw) = (h * w, oh * ow);
     let input = &input[..channels * hw];
@@ -359,25 +420,55 @@ pub fn dw3x3_s2p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
 
     let ws = s2_row_stride(ow);
     let plane_len = (h + 2) * ws;
-    let (e, rest) = scratch.split_at_mut(plane_len);
-    let (o, rest) = rest.split_at_mut(plane_len);
+    // Two de-interleave buffers `[e | o]`: channel c+1 is de-interleaved into
+    // one while channel c is computed from the other, so the kernel's loads do
+    // not hit the de-interleave's still-pending (partially overlapping) stores,
+    // which would defeat store-to-load forwarding and stall.
+    let (bufs, rest) = scratch.split_at_mut(4 * plane_len);
     let s_out = &mut rest[..out_region(oh, ow)];
-    // Scratch rows 0 and h+1 are the vertical padding; they stay zero.
-    e[..ws].fill(0.0);
-    o[..ws].fill(0.0);
-    e[(h + 1) * ws..].fill(0.0);
-    o[(h + 1) * ws..].fill(0.0);
+    // Zero the planes once: rows 0 and h+1 (vertical padding), `o[r][0]` and
+    // every column past a row's data stay zero, because the de-interleave only
+    // ever writes data (or zeros) to the same columns of rows 1..=h.
+    bufs.fill(0.0);
+    let (buf0, buf1) = bufs.split_at_mut(2 * plane_len);
+    let mut bufs = [buf0, buf1];
+    // Lane masks for the last, partial 2*LANES chunk of an input row.
+    let rem = w % (2 * LANES);
+    let ones = f32::from_bits(u32::MAX);
+    let tail_masks: [V; 2] = core::array::from_fn(|h| {
+        V::new(core::array::from_fn(|i| if h * LANES + i < rem { ones } else { 0.0 }))
+    });
     let ncol = ow.div_ceil(LANES);
-    let (nband, rows) = bands(oh);
+    let (nband, rows) = bands(oh, R_MAX_S2);
+
+    // De-interleaves plane c: input row iy goes to scratch row iy+1.
+    let deint_plane = |c: usize, buf: &mut [f32]| {
+        let (e, o) = buf.split_at_mut(plane_len);
+        for iy in 0..h {
+            let r = (iy + 1) * ws;
+            deinterleave_row(
+                input,
+                c * hw + iy * w,
+                w,
+                &tail_masks,
+                &mut e[r..r + ws],
+                &mut o[r..r + ws],
+            );
+        }
+    };
+    if channels > 0 {
+        deint_plane(0, &mut *bufs[0]);
+    }
 
     // LOOP 1: channels, in order (spilling stores rely on it).
     for c in 0..channels {
         let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
-        // De-interleave the plane: row iy goes to scratch row iy+1.
-        for (iy, row) in input[c * hw..(c + 1) * hw].chunks_exact(w).enumerate() {
-            let r = (iy + 1) * ws;
-            deinterleave(row, &mut e[r..r + ws], &mut o[r..r + ws]);
+        let [cur, next] = &mut bufs;
+        let (cur, next) = if c % 2 == 0 { (cur, next) } else { (next, cur) };
+        if c + 1 < channels {
+            deint_plane(c + 1, next);
         }
+        let (e, o) = cur.split_at(plane_len);
         let fast = c * ohw + out_region(oh, ow) <= output.len();
         let (dst, out_off) = if fast { (&mut *output, c * ohw) } else { (&mut *s_out, 0) };
         // LOOP 2: bands of `rows` output rows (the last one moved up to end at oh).
@@ -398,10 +489,6 @@ pub fn dw3x3_s2p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
                     2 => go!(2),
                     3 => go!(3),
                     4 => go!(4),
-                    5 => go!(5),
-                    6 => go!(6),
-                    7 => go!(7),
-                    8 => go!(8),
                     _ => unreachable!("band of {rows} rows"),
                 }
             }
@@ -412,21 +499,48 @@ pub fn dw3x3_s2p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     }
 }
 
-/// Splits one input row into even columns `e[j] = row[2j]` and shifted odd
-/// columns `o[0] = 0`, `o[j+1] = row[2j+1]`, zero-filling both to their ends.
+/// Splits input row `input[start..start + w]` into even columns
+/// `e[j] = row[2j]` and shifted odd columns `o[j+1] = row[2j+1]`, one
+/// `2*LANES` chunk at a time. The last, partial chunk is loaded whole when it
+/// lies inside `input` and its lanes past the row are cleared with
+/// `tail_masks`; otherwise it is copied into a zeroed buffer. Either way the
+/// columns past the row receive zeros, so the scratch tails stay zero.
 #[inline(always)]
-fn deinterleave(row: &[f32], e: &mut [f32], o: &mut [f32]) {
-    let half = row.len() / 2;
-    o[0] = 0.0;
-    for ((pair, ej), oj) in row.chunks_exact(2).zip(e.iter_mut()).zip(o[1..].iter_mut()) {
-        *ej = pair[0];
-        *oj = pair[1];
+fn deinterleave_row(
+    input: &[f32],
+    start: usize,
+    w: usize,
+    tail_masks: &[V; 2],
+    e: &mut [f32],
+    o: &mut [f32],
+) {
+    let full = w / (2 * LANES);
+    for ch in 0..full {
+        let i = start + ch * 2 * LANES;
+        let (ev, ov) = deinterleave(load(input, i), load(input, i + LANES));
+        store(e, ch * LANES, ev);
+        store(o, ch * LANES + 1, ov);
     }
-    let mut ne = half;
-    if row.len() % 2 == 1 {
-        e[half] = row[row.len() - 1];
-        ne += 1;
+    let rem = w - full * 2 * LANES;
+    if rem > 0 {
+        let i = start + full * 2 * LANES;
+        let (lo, hi) = if i + 2 * LANES <= input.len() {
+            (load(input, i) & tail_masks[0], load(input, i + LANES) & tail_masks[1])
+        } else {
+            let mut buf = [0.0f32; 2 * LANES];
+            buf[..rem].copy_from_slice(&input[i..i + rem]);
+            (load(&buf, 0), load(&buf, LANES))
+        };
+        let (ev, ov) = deinterleave(lo, hi);
+        store(e, full * LANES, ev);
+        store(o, full * LANES + 1, ov);
     }
-    e[ne..].fill(0.0);
-    o[half + 1..].fill(0.0);
+}
+
+/// De-interleaves 2*LANES consecutive floats `[lo | hi]` into (even, odd) lanes.
+#[inline(always)]
+fn deinterleave(lo: V, hi: V) -> (V, V) {
+    let (a, b) = (lo.to_array(), hi.to_array());
+    let at = |i: usize| if i < LANES { a[i] } else { b[i - LANES] };
+    (V::new(core::array::from_fn(|i| at(2 * i))), V::new(core::array::from_fn(|i| at(2 * i + 1))))
 }

@@ -1,0 +1,164 @@
+//! The main job (no subcommand): MobileOne multi-branch vs reparameterized on
+//! one network: agreement of the two forms, then latency, speedup and
+//! effective throughput against the in-process FMA peak.
+
+use clap::Args;
+use repconv::Tensor;
+use repconv::measure::{fma_peak_gflops, median_ms};
+use repconv::mobileone::{MobileOne, MobileOneConfig, SplitMix64, Variant, Workspace};
+use serde::Serialize;
+
+/// Options of the main job.
+#[derive(Args, Debug, Clone)]
+pub struct MainArgs {
+    /// Network variant: s0, s1, s2, s3 or s4.
+    #[arg(long, default_value = "s0")]
+    pub variant: Variant,
+    /// Input height and width.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Timed runs per form (the median is reported), after 3 warm-up runs.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed of the random weights and input.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    variant: String,
+    size: usize,
+    batch: usize,
+    threads: usize,
+    multi_ms: f64,
+    fused_ms: f64,
+    speedup: f64,
+    max_abs_diff: f64,
+    max_rel_diff: f64,
+    argmax_equal: bool,
+    fused_gflops: f64,
+    peak_gflops: f64,
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
+}
+
+/// Runs the main job.
+pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = super::pool(args.threads)?;
+    let threads = pool.current_num_threads();
+    let shape = [args.batch, 3, args.size, args.size];
+    let config = MobileOneConfig::variant(args.variant);
+    let (multi, fused, x) = pool.install(|| -> Result<_, repconv::Error> {
+        let multi = MobileOne::random(config, args.seed)?;
+        let fused = multi.reparameterize()?;
+        let mut rng = SplitMix64::new(args.seed ^ 0x5EED);
+        let x = Tensor::from_vec(shape, rng.uniform_vec(shape.iter().product(), -1.0, 1.0))?;
+        Ok((multi, fused, x))
+    })?;
+    let out_shape = fused.output_shape(shape)?;
+    let (mut a, mut b) = (Tensor::zeros(out_shape)?, Tensor::zeros(out_shape)?);
+    let (mut ws_multi, mut ws_fused) = (Workspace::new(), Workspace::new());
+
+    // Agreement of the two forms on the logits.
+    pool.install(|| -> Result<(), repconv::Error> {
+        multi.forward_into(x.view(), a.view_mut(), &mut ws_multi)?;
+        fused.forward_into(x.view(), b.view_mut(), &mut ws_fused)
+    })?;
+    let max_abs_diff = a
+        .as_slice()
+        .iter()
+        .zip(b.as_slice())
+        .fold(0f64, |m, (p, q)| m.max(f64::from((p - q).abs())));
+    let max_logit = a.as_slice().iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+    let max_rel_diff = if max_logit > 0.0 { max_abs_diff / max_logit } else { max_abs_diff };
+    let classes = out_shape[1];
+    let argmax_equal = a
+        .as_slice()
+        .chunks(classes)
+        .zip(b.as_slice().chunks(classes))
+        .all(|(p, q)| argmax(p) == argmax(q));
+
+    // Timing (the workspaces are already sized: nothing is allocated).
+    let (multi_ms, fused_ms) = pool.install(|| {
+        let m = median_ms(3, args.runs.max(1), || {
+            multi.forward_into(x.view(), a.view_mut(), &mut ws_multi).expect("validated shapes");
+        });
+        let f = median_ms(3, args.runs.max(1), || {
+            fused.forward_into(x.view(), b.view_mut(), &mut ws_fused).expect("validated shapes");
+        });
+        (m, f)
+    });
+    let flops = fused.flops(shape)? as f64;
+    let multi_flops = multi.flops(shape)? as f64;
+    let peak = fma_peak_gflops(threads);
+    let report = Report {
+        variant: args.variant.name().to_string(),
+        size: args.size,
+        batch: args.batch,
+        threads,
+        multi_ms,
+        fused_ms,
+        speedup: multi_ms / fused_ms,
+        max_abs_diff,
+        max_rel_diff,
+        argmax_equal,
+        fused_gflops: flops / fused_ms / 1e6,
+        peak_gflops: peak,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "MobileOne-{} {}x{} batch {}: {} thread(s), {} lanes, in-process FMA peak {:.1} GFLOP/s",
+        args.variant.name().to_uppercase(),
+        args.size,
+        args.size,
+        args.batch,
+        threads,
+        repconv::simd_lanes_name(),
+        peak
+    );
+    println!(
+        "fused network {:.1} MFLOP (multi-branch convolutions {:.1} MFLOP, {:.2}x)",
+        flops / 1e6,
+        multi_flops / 1e6,
+        multi_flops / flops
+    );
+    println!(
+        "agreement: max |diff| {:.3e}, max relative diff {:.3e} (of max |logit| {:.3}), argmax {}",
+        max_abs_diff,
+        max_rel_diff,
+        max_logit,
+        if argmax_equal { "equal" } else { "DIFFERENT" }
+    );
+    println!("{:<14} {:>10} {:>9} {:>9} {:>7}", "form", "median ms", "speedup", "GFLOP/s", "%peak");
+    for (form, ms) in [("multi-branch", multi_ms), ("fused", fused_ms)] {
+        let g = flops / ms / 1e6;
+        println!(
+            "{:<14} {:>10.3} {:>8.2}x {:>9.1} {:>6.1}%",
+            form,
+            ms,
+            multi_ms / ms,
+            g,
+            100.0 * g / peak
+        );
+    }
+    println!(
+        "(GFLOP/s = fused-network FLOPs / time for both forms; median of {} runs after 3 warm-up runs)",
+        args.runs.max(1)
+    );
+    Ok(())
+}
