@@ -340,9 +340,7 @@ fn copy_runs(
         let trow = &tile[r * NR..(r + 1) * NR];
         for &(t, o, len) in runs {
             if len < LANES {
-                for j in 0..len {
-                    plane[o + j] = trow[t + j];
-                }
+                plane[o..o + len].copy_from_slice(&trow[t..t + len]);
                 continue;
             }
             let mut i = 0;
