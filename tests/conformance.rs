@@ -226,6 +226,16 @@ fn dw3x3_canonical_cases() {
 }
 
 #[test]
+fn dw1x1_canonical_cases() {
+    for s in [1, 2] {
+        canonical(Family::Dw1x1, |cin, _, h, w| {
+            let c = cin + 1;
+            (Conv2dParams::new(c, c, [1, 1]).with_stride([s, s]).with_groups(c), [2, c, h, w])
+        });
+    }
+}
+
+#[test]
 fn general_path_canonical_cases() {
     // The general path under the same harness (canaries, offsets, determinism).
     canonical(Family::General, |cin, cout, h, w| {
@@ -276,6 +286,11 @@ fn plan_table_maps_shapes_to_kernels() {
             kd::NAME_S2,
         ),
         (Conv2dParams::new(1, 1, [3, 3]).with_padding([1, 1]), k3::NAME_S1),
+        (Conv2dParams::new(48, 48, [1, 1]).with_groups(48), repconv_kernels::dwconv1x1::NAME_S1),
+        (
+            Conv2dParams::new(48, 48, [1, 1]).with_stride([2, 2]).with_groups(48),
+            repconv_kernels::dwconv1x1::NAME_S2,
+        ),
         // Near misses fall back to the general path.
         (Conv2dParams::new(48, 96, [3, 3]).with_padding([1, 1]).with_groups(48), "general"),
         (Conv2dParams::new(48, 48, [3, 3]).with_groups(48), "general"),

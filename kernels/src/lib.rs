@@ -14,6 +14,7 @@
 pub mod act;
 pub mod conv1x1;
 pub mod conv3x3;
+pub mod dwconv1x1;
 pub mod dwconv3x3;
 pub mod lanes;
 pub mod peak;

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use repconv_kernels::act::{Act, Identity, Relu};
 use repconv_kernels::conv1x1::{self, Conv1x1Args, Rows, Strided};
 use repconv_kernels::conv3x3;
+use repconv_kernels::dwconv1x1;
 use repconv_kernels::dwconv3x3::{self, Dw3x3Args};
 
 use super::params::Conv2dParams;
@@ -35,6 +36,11 @@ pub(super) fn pack(
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
     match plan.family() {
+        Family::Dw1x1 => {
+            let mut packed = vec![0.0; p.out_channels * dwconv1x1::PACKED_PER_CHANNEL];
+            dwconv1x1::pack_weights(weights, bias, p.out_channels, &mut packed);
+            Ok(packed)
+        }
         Family::Dw3x3 => {
             let mut packed = vec![0.0; p.out_channels * dwconv3x3::PACKED_PER_CHANNEL];
             dwconv3x3::pack_weights(weights, bias, p.out_channels, &mut packed);
@@ -81,6 +87,7 @@ fn run_act<A: Act>(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'
         Family::Conv1x1 | Family::General => run_gemm::<A>(conv, input, output, parallel),
         Family::Conv3x3 => run_conv3x3::<A>(conv, input, output, parallel),
         Family::Dw3x3 => run_dw3x3::<A>(conv, input, output, parallel),
+        Family::Dw1x1 => run_dw1x1::<A>(conv, input, output, parallel),
     }
 }
 
@@ -269,6 +276,36 @@ fn run_dw3x3<A: Act>(
         y.par_chunks_mut(per_task * plane_out).enumerate().for_each(task);
     } else {
         y.chunks_mut(per_task * plane_out).enumerate().for_each(task);
+    }
+}
+
+/// The depthwise 1x1 path: chunks of whole planes (batch and channels are
+/// one axis here, since every plane has its own weight).
+fn run_dw1x1<A: Act>(
+    conv: &Conv2d,
+    input: TensorView<'_>,
+    output: TensorViewMut<'_>,
+    parallel: bool,
+) {
+    let [_, c, h, w] = input.shape();
+    let [_, _, oh, ow] = output.shape();
+    let stride = conv.params.stride[0];
+    let x = input.as_slice();
+    let y = output.into_slice();
+    // Planes per task: a divisor of c, so a chunk never straddles images.
+    let target = if parallel { c.div_ceil(2 * rayon::current_num_threads()) } else { c };
+    let per_task = (1..=target.max(1)).rev().find(|d| c % d == 0).unwrap_or(1);
+    let task = |(t, yc): (usize, &mut [f32])| {
+        let first = t * per_task; // plane index over batch x channels
+        let c0 = first % c;
+        let xs = &x[first * h * w..(first + per_task) * h * w];
+        let pk = &conv.packed[c0 * dwconv1x1::PACKED_PER_CHANNEL..];
+        dwconv1x1::dw1x1::<A>(per_task, h, w, stride, pk, xs, yc);
+    };
+    if parallel {
+        y.par_chunks_mut(per_task * oh * ow).enumerate().for_each(task);
+    } else {
+        y.chunks_mut(per_task * oh * ow).enumerate().for_each(task);
     }
 }
 

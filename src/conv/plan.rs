@@ -18,6 +18,9 @@ pub enum Family {
     /// Depthwise 3x3 (groups = in = out channels), stride 1 or 2, padding 1,
     /// dilation 1: vectorised along W over padded planes.
     Dw3x3,
+    /// Depthwise 1x1 (groups = in = out channels), stride 1 or 2, no
+    /// padding: a per-channel scale and shift (MobileOne's scale branch).
+    Dw1x1,
     /// Any geometry: im2col per group into a reused buffer, then the 1x1 GEMM.
     General,
 }
@@ -84,6 +87,19 @@ impl Plan {
                     repconv_kernels::dwconv3x3::NAME_S2
                 };
                 Plan { family: Family::Dw3x3, name }
+            } else if p.kernel == [1, 1]
+                && p.padding == [0, 0]
+                && p.groups == p.in_channels
+                && p.groups == p.out_channels
+                && p.groups > 1
+                && (p.stride == [1, 1] || p.stride == [2, 2])
+            {
+                let name = if p.stride[0] == 1 {
+                    repconv_kernels::dwconv1x1::NAME_S1
+                } else {
+                    repconv_kernels::dwconv1x1::NAME_S2
+                };
+                Plan { family: Family::Dw1x1, name }
             } else {
                 Plan { family: Family::General, name: GENERAL_NAME }
             };
