@@ -42,6 +42,67 @@ pub enum Error {
     },
     /// The operation is valid but not supported by this build or path.
     Unsupported(String),
+    /// A tensor the model needs is not in the checkpoint.
+    MissingTensor {
+        /// Its full name, e.g. `stages.0.1.conv_kxk.0.conv.weight`.
+        name: String,
+        /// The shape it should have had.
+        expected: Vec<usize>,
+    },
+    /// The checkpoint holds a tensor the model has no place for.
+    UnexpectedTensor {
+        /// Its name in the file.
+        name: String,
+        /// Its shape in the file.
+        shape: Vec<usize>,
+    },
+    /// A checkpoint tensor has the wrong shape.
+    TensorShape {
+        /// The tensor's name.
+        name: String,
+        /// The shape the model needs.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        got: Vec<usize>,
+    },
+    /// A checkpoint tensor has a dtype that cannot be loaded.
+    TensorDtype {
+        /// The tensor's name.
+        name: String,
+        /// The dtypes accepted, e.g. `"F32, F16 or BF16"`.
+        expected: &'static str,
+        /// The dtype in the file, e.g. `"I64"`.
+        got: String,
+    },
+    /// A checkpoint tensor has values the model cannot use (e.g. a negative
+    /// running variance).
+    TensorValue {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file ends before the data its safetensors header describes.
+    TruncatedFile {
+        /// The first tensor whose data is cut off, when the header was readable.
+        tensor: Option<String>,
+        /// Bytes the header says the file has.
+        expected_bytes: u64,
+        /// Bytes it has.
+        got_bytes: u64,
+    },
+    /// The bytes are not a safetensors file.
+    NotSafetensors {
+        /// What could not be read.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's message.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -66,6 +127,30 @@ impl fmt::Display for Error {
                 crate::MAX_ELEMENTS
             ),
             Error::Unsupported(what) => write!(f, "unsupported: {what}"),
+            Error::MissingTensor { name, expected } => {
+                write!(f, "missing tensor {name} (expected shape {expected:?})")
+            }
+            Error::UnexpectedTensor { name, shape } => {
+                write!(f, "unexpected tensor {name} (shape {shape:?}) has no place in the model")
+            }
+            Error::TensorShape { name, expected, got } => {
+                write!(f, "tensor {name}: expected shape {expected:?}, found {got:?}")
+            }
+            Error::TensorDtype { name, expected, got } => {
+                write!(f, "tensor {name}: expected dtype {expected}, found {got}")
+            }
+            Error::TensorValue { name, reason } => write!(f, "tensor {name}: {reason}"),
+            Error::TruncatedFile { tensor, expected_bytes, got_bytes } => {
+                write!(f, "truncated safetensors file: ")?;
+                if let Some(t) = tensor {
+                    write!(f, "data of tensor {t} is cut off; ")?;
+                }
+                write!(f, "expected {expected_bytes} bytes, found {got_bytes}")
+            }
+            Error::NotSafetensors { reason } => {
+                write!(f, "not a safetensors file: {}", reason.replace('\n', " "))
+            }
+            Error::Io { path, reason } => write!(f, "{path}: {reason}"),
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod mobileone;
 mod scratch;
 pub mod shapes;
 pub mod tensor;
+pub mod weights;
 
 pub use conv::{Activation, Conv2d, Conv2dParams, Parallelism};
 pub use error::{Error, Result};

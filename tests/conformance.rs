@@ -131,7 +131,7 @@ fn extras() -> impl Strategy<Value = (bool, f32, u64, usize)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn conv1x1_matches_reference(

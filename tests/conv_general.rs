@@ -86,7 +86,7 @@ fn run_case(c: &Case, choice: KernelChoice) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(192))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn general_path_matches_reference(c in case()) {

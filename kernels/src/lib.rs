@@ -20,3 +20,29 @@ pub mod lanes;
 pub mod peak;
 #[cfg(any(test, feature = "testing"))]
 pub mod reference;
+
+/// What the crate knows about one kernel: the name used everywhere (plan,
+/// benches, logs) and what it computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelInfo {
+    /// `<op>_<geom>_<tile>__<lanes>`, e.g. `conv1x1_8x48__x16`.
+    pub name: &'static str,
+    /// Kernel height and width.
+    pub kernel: usize,
+    /// Stride (same on both axes).
+    pub stride: usize,
+    /// Whether it is depthwise (groups = channels).
+    pub depthwise: bool,
+}
+
+/// Every specialised kernel of this build (the general path is not listed:
+/// it is the 1x1 kernel over an im2col matrix).
+pub const KERNELS: &[KernelInfo] = &[
+    KernelInfo { name: conv1x1::NAME, kernel: 1, stride: 1, depthwise: false },
+    KernelInfo { name: conv3x3::NAME_S1, kernel: 3, stride: 1, depthwise: false },
+    KernelInfo { name: conv3x3::NAME_S2, kernel: 3, stride: 2, depthwise: false },
+    KernelInfo { name: dwconv3x3::NAME_S1, kernel: 3, stride: 1, depthwise: true },
+    KernelInfo { name: dwconv3x3::NAME_S2, kernel: 3, stride: 2, depthwise: true },
+    KernelInfo { name: dwconv1x1::NAME_S1, kernel: 1, stride: 1, depthwise: true },
+    KernelInfo { name: dwconv1x1::NAME_S2, kernel: 1, stride: 2, depthwise: true },
+];

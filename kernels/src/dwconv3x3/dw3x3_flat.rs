@@ -1,81 +1,116 @@
-//! `dw3x3_s{1,2}p1_flat<U*LANES>__<lanes>`: depthwise 3x3 over one padded,
-//! phase-split plane in flat layout (for stride 2, and for stride-1 planes
-//! too narrow to fill the lanes row by row).
+//! `dw3x3_s{1,2}p1_<N>x<LANES>__<lanes>`: `N` vectors of `LANES` consecutive
+//! outputs of one depthwise 3x3 plane, in the plane's own flat (row-major,
+//! row stride `ow`) order, read from a prepared copy of the input.
 //!
 //! ```text
-//! out[oy][ox] = A(bias + Σ_{ky,kx} w[ky][kx] · Q[phase(ky%s, kx%s)][q + (ky/s)*wq + kx/s])
-//!               with q = oy*wq + ox, Q the zero-padded input split into s*s phases
+//! out[q] = A(bias + c[q] + (l[q] & ml[q]) + (r[q] & mr[q]))      q = oy*ow + ox
+//!   l[q] = Σ_ky w[ky][0] · src[q + offs[3ky]]        (kx = 0 taps)
+//!   c[q] = Σ_ky w[ky][1] · src[q + offs[3ky + 1]]    (kx = 1 taps)
+//!   r[q] = Σ_ky w[ky][2] · src[q + offs[3ky + 2]]    (kx = 2 taps)
 //! ```
-//! The plane is first laid out exactly as [`crate::conv3x3::prepare_input`]
-//! does for one channel: the padding is real zeros, so the loop has no edge
-//! cases and stride 2 needs no gathers (each tap is a contiguous load from one
-//! phase). Output positions are the flat `oh x wq` grid: `U` vectors of `LANES`
-//! consecutive positions per step, 9 loads and 9 FMAs each, the `U`
-//! accumulators independent (they hide the FMA latency). The `wq - ow`
-//! columns past each row are computed and dropped when the flat result is
-//! copied to the output rows.
+//! The driver prepares `src` so that every tap is one contiguous load at a
+//! constant offset `offs[t]` from `q`, with real zeros for the vertical
+//! padding (and, at stride 2, for the right padding). Only the horizontal
+//! padding cannot be laid out that way without wasting lanes on padding
+//! columns: the `kx = 0` tap of column 0 (and at stride 1 the `kx = 2` tap of
+//! column `w-1`) reads the neighbouring row. Those taps are summed in their
+//! own accumulators `l` / `r` and cleared once per vector with the lane masks
+//! `ml` / `mr` (all-ones or zero per lane). Because the whole per-lane
+//! contribution of the column is cleared, a NaN in the neighbouring row never
+//! leaks (a bitwise AND clears NaN too), and the FMA pipes see the same 9
+//! multiply-adds per vector as an unmasked kernel (7 FMAs + 2 multiplies),
+//! plus 2 adds and 1-2 ANDs on the other FP pipes.
 //!
-//! Packed weights: `[bias, w00 .. w22]` per channel (see the module docs).
+//! Accumulator map (`N` = 4 vectors of `LANES` flat outputs, 12 chains):
+//! ```text
+//!            q0        q0+L      q0+2L     q0+3L
+//!   c[u]    bias+kx1  bias+kx1  bias+kx1  bias+kx1
+//!   l[u]    kx0       kx0       kx0       kx0
+//!   r[u]    kx2       kx2       kx2       kx2
+//! ```
+//! The masks repeat with period `P = w / gcd(w, LANES)` vectors, so the
+//! driver passes a table of `P + N - 1` (or more) mask vectors and the index
+//! `m` of the first vector's mask.
 //!
-//! Preconditions (asserted at entry): `prep` holds the prepared plane plus
-//! `U * LANES` zeros of slack; `flat` holds `n` rounded up to `U * LANES`.
+//! Packed weights per channel: `[bias, w00, w01, w02, w10, .., w22]`, splatted
+//! by the driver into `k: [V; 10]`.
+//!
+//! Preconditions (asserted once at entry): `q0 + N*LANES + max(offs) <= src.len()`,
+//! `(m + N) * LANES <= ml.len()` (and `mr.len()` when `MASK_R`),
+//! `o0 + N*LANES <= out.len()`.
 
 use crate::act::Act;
-use crate::lanes::{LANES, V, load, store};
+use crate::lanes::{LANES, V, load_unchecked, store_unchecked};
 
-/// Vectors per step.
+/// Vectors per step of the main loop. Benchmarks on Zen 5 (AVX-512): 4 keeps
+/// 12 accumulator chains in flight (enough for the FMA latency) and leaves
+/// registers for the 10 weights.
 pub const U: usize = 4;
 
-/// Computes the flat result of one prepared plane into `flat[..n]`.
+/// Computes `N` vectors of flat outputs `out[o0 + u*LANES ..]` from the
+/// positions `q0 + u*LANES` of the prepared source; see the module docs.
 ///
 /// # Panics
-/// If `prep` or `flat` are shorter than the preconditions in the module docs.
+/// If any of the preconditions in the module docs does not hold.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn dw3x3_flat_plane<A: Act>(
+pub fn dw3x3_flat<const N: usize, const MASK_R: bool, A: Act>(
     k: &[V; 10],
-    prep: &[f32],
-    offsets: &[usize; 9],
-    n: usize,
-    flat: &mut [f32],
+    src: &[f32],
+    offs: &[usize; 9],
+    q0: usize,
+    ml: &[f32],
+    mr: &[f32],
+    m: usize,
+    out: &mut [f32],
+    o0: usize,
 ) {
-    let steps = n.div_ceil(U * LANES);
-    let max_off = offsets.iter().copied().max().unwrap_or(0);
-    assert!(steps * U * LANES + max_off <= prep.len(), "prepared plane too short");
-    assert!(steps * U * LANES <= flat.len(), "flat output too short");
-    for step in 0..steps {
-        let q0 = step * U * LANES;
-        let mut acc = [k[0]; U];
-        for (t, &off) in offsets.iter().enumerate() {
-            for (u, a) in acc.iter_mut().enumerate() {
-                *a = k[1 + t].mul_add(load(prep, q0 + u * LANES + off), *a);
+    let max_off = offs.iter().copied().fold(0, usize::max);
+    assert!(q0 + N * LANES + max_off <= src.len(), "flat kernel reads past the source");
+    assert!((m + N) * LANES <= ml.len(), "left mask table too short");
+    assert!(!MASK_R || (m + N) * LANES <= mr.len(), "right mask table too short");
+    assert!(o0 + N * LANES <= out.len(), "flat kernel writes past the output");
+
+    let mut c = [k[0]; N];
+    let mut l = [V::ZERO; N];
+    let mut r = [V::ZERO; N];
+    // Tap-major order: the N independent chains of each accumulator kind
+    // are interleaved, which hides the FMA latency.
+    for ky in 0..3 {
+        for u in 0..N {
+            let q = q0 + u * LANES;
+            // SAFETY: q + offs[t] + LANES <= q0 + N*LANES + max_off <= src.len()
+            // by the entry assert (u < N).
+            let (a, b, d) = unsafe {
+                (
+                    load_unchecked(src, q + offs[3 * ky]),
+                    load_unchecked(src, q + offs[3 * ky + 1]),
+                    load_unchecked(src, q + offs[3 * ky + 2]),
+                )
+            };
+            if ky == 0 {
+                l[u] = a * k[1];
+                r[u] = d * k[3];
+            } else {
+                l[u] = a.mul_add(k[1 + 3 * ky], l[u]);
+                r[u] = d.mul_add(k[3 + 3 * ky], r[u]);
             }
-        }
-        for (u, a) in acc.iter().enumerate() {
-            store(flat, q0 + u * LANES, A::apply(*a));
+            c[u] = b.mul_add(k[2 + 3 * ky], c[u]);
         }
     }
-}
-
-/// Copies rows `[oy*wq, oy*wq + ow)` of the flat result to `out[oy*ow..]`.
-/// Short rows are stored as whole vectors that spill into the following rows
-/// (which are written afterwards) while there is room in `out`.
-#[inline(always)]
-pub fn copy_flat_rows(flat: &[f32], wq: usize, oh: usize, ow: usize, out: &mut [f32]) {
-    for oy in 0..oh {
-        let (src, dst) = (oy * wq, oy * ow);
-        if ow >= LANES {
-            let mut i = 0;
-            while i + LANES <= ow {
-                store(out, dst + i, load(flat, src + i));
-                i += LANES;
-            }
-            if i < ow {
-                store(out, dst + ow - LANES, load(flat, src + ow - LANES));
-            }
-        } else if dst + LANES <= out.len() && src + LANES <= flat.len() {
-            store(out, dst, load(flat, src));
-        } else {
-            out[dst..dst + ow].copy_from_slice(&flat[src..src + ow]);
-        }
+    for u in 0..N {
+        // SAFETY: (m + u + 1) * LANES <= (m + N) * LANES <= ml.len() (and
+        // mr.len() when MASK_R) by the entry asserts.
+        let (vl, vr) = unsafe {
+            (
+                load_unchecked(ml, (m + u) * LANES),
+                if MASK_R { load_unchecked(mr, (m + u) * LANES) } else { V::ZERO },
+            )
+        };
+        let rr = if MASK_R { r[u] & vr } else { r[u] };
+        let v = A::apply(c[u] + (l[u] & vl) + rr);
+        // SAFETY: o0 + u*LANES + LANES <= o0 + N*LANES <= out.len() by the
+        // entry assert.
+        unsafe { store_unchecked(out, o0 + u * LANES, v) };
     }
 }
