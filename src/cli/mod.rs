@@ -1,7 +1,10 @@
 //! Command-line parsing and dispatch.
 
+mod info;
 mod layers;
 mod main_job;
+mod reparam;
+mod run;
 mod sweep;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +30,13 @@ pub enum Command {
     /// Block latency against the branch count k, multi-branch vs fused,
     /// plotted to an SVG (e.g. `--out docs/branches.svg`).
     SweepBranches(sweep::SweepArgs),
+    /// Reparameterize a train-form timm checkpoint into a fused one, checking
+    /// both forms agree layer by layer first.
+    Reparam(reparam::ReparamArgs),
+    /// Run a checkpoint on an input tensor and write its logits.
+    Run(run::RunArgs),
+    /// Describe a checkpoint: variant, form, parameters, FLOPs at 224x224.
+    Info(info::InfoArgs),
 }
 
 /// Runs the parsed command line.
@@ -34,6 +44,9 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Some(Command::Layers(args)) => layers::run(&args),
         Some(Command::SweepBranches(args)) => sweep::run(&args),
+        Some(Command::Reparam(args)) => reparam::run(&args),
+        Some(Command::Run(args)) => run::run(&args),
+        Some(Command::Info(args)) => info::run(&args),
         None => main_job::run(&cli.main),
     }
 }

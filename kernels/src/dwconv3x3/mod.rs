@@ -12,8 +12,11 @@
 //! once per channel.
 //!
 //! # Drivers
-//! Both drivers vectorise along W and compute bands of `R` output rows per
-//! step, so each loaded input row feeds every output row that uses it.
+//! Two paths, chosen per `(w, stride)` by [`uses_flat`] from measurements:
+//!
+//! **Row bands** (stride 1, `w > LANES/2`; kernel [`dw3x3_s1p1_band`]):
+//! vectorised along W, bands of `R` output rows per step, so each loaded input
+//! row feeds every output row that uses it.
 //! - LOOP 1 walks the channels (planes), in order.
 //! - LOOP 2 walks bands of `R` output rows. The last band is moved up to end at
 //!   `oh` (it recomputes a few rows, bit-identically) instead of running a
@@ -24,15 +27,26 @@
 //!   next row(s), which are stored later and overwrite them. Stores therefore
 //!   go in increasing address order within a channel and across channels.
 //!
-//! Stride 1 reads the input plane in place: horizontal padding is two lane
-//! masks (see [`dw3x3_s1p1_band`]), vertical padding a compile-time choice of
-//! kernel. Stride 2 first de-interleaves each input row into even / odd column
-//! rows of a zero-padded scratch plane, so every tap is a contiguous load.
+//! The input plane is read in place: horizontal padding is two lane masks,
+//! vertical padding a compile-time choice of kernel. Planes whose vector loads
+//! or spilling stores would leave the caller's slices (the first plane and the
+//! last one or few) run the same kernels on a copy in the scratch buffer, and
+//! only their valid outputs are copied back.
 //!
-//! Planes whose vector loads or spilling stores would leave the caller's slices
-//! (the first plane and the last one or few) run the same kernels on a copy in
-//! the scratch buffer, and only their valid outputs are copied back: the
-//! drivers never touch memory outside `input[..channels*h*w]` and
+//! **Flat** (stride 2, and stride 1 with `w <= LANES/2`; kernel
+//! [`dw3x3_flat`]): each plane is prepared in scratch so every tap is one
+//! contiguous load at a constant offset from the flat output index
+//! `q = oy*ow + ox`, then `U` vectors of consecutive flat outputs per step are
+//! computed straight into the output (no padding columns, so a 7x7 plane is 4
+//! vectors). Stride 1 copies the plane below a zero row ([`S1Layout`]);
+//! stride 2 de-interleaves it with two-vector lane shuffles (`vpermt2ps`) into
+//! four phase planes of row stride `ow` ([`S2Layout`]), two rows of a phase per
+//! shuffle when `2*ow <= LANES`. The buffers are zeroed once per call; the
+//! next plane is prepared into a second buffer while the current one is
+//! computed. The last vector of a plane spills into the next plane (written
+//! later) or, at the end of `output`, goes through a stack tile.
+//!
+//! Neither path touches memory outside `input[..channels*h*w]` and
 //! `output[..channels*oh*ow]`.
 //!
 //! NaN: a NaN input reaches exactly the outputs whose taps include it (padding
@@ -43,23 +57,18 @@
 
 mod dw3x3_flat;
 mod dw3x3_s1p1;
-mod dw3x3_s2p1;
 
-pub use dw3x3_flat::{copy_flat_rows, dw3x3_flat_plane};
+pub use dw3x3_flat::dw3x3_flat;
 pub use dw3x3_s1p1::dw3x3_s1p1_band;
-pub use dw3x3_s2p1::dw3x3_s2p1_band;
 
 use crate::act::Act;
-use crate::lanes::{LANES, V, load, store};
+use crate::lanes::{LANES, V, load, load_partial, store};
 
 /// Most output rows per stride-1 band (accumulators: `R_MAX` vectors).
 pub const R_MAX: usize = 8;
 /// Fewest rows of a stride-1 band when a plane needs more than one band
 /// (`ceil(oh / ceil(oh / R_MAX))` for `oh > R_MAX`).
 const MIN_MULTI_BAND: usize = R_MAX / 2 + 1;
-/// Most output rows per stride-2 band. A stride-2 band reads `2R+1` rows, and
-/// 4 keeps the fully unrolled kernel small enough for LLVM to unroll it.
-pub const R_MAX_S2: usize = 4;
 
 /// The stride-1 kernel's name, `dw3x3_s1p1_<R_MAX>x<LANES>__<lanes>`.
 #[cfg(target_feature = "avx512f")]
@@ -67,10 +76,10 @@ pub const NAME_S1: &str = "dw3x3_s1p1_8x16__x16";
 /// The stride-1 kernel's name, `dw3x3_s1p1_<R_MAX>x<LANES>__<lanes>`.
 #[cfg(not(target_feature = "avx512f"))]
 pub const NAME_S1: &str = "dw3x3_s1p1_8x8__x8";
-/// The stride-2 kernel's name, `dw3x3_s2p1_<R_MAX_S2>x<LANES>__<lanes>`.
+/// The stride-2 kernel's name, `dw3x3_s2p1_<U>x<LANES>__<lanes>` (flat kernel, `U` vectors per step).
 #[cfg(target_feature = "avx512f")]
 pub const NAME_S2: &str = "dw3x3_s2p1_4x16__x16";
-/// The stride-2 kernel's name, `dw3x3_s2p1_<R_MAX_S2>x<LANES>__<lanes>`.
+/// The stride-2 kernel's name, `dw3x3_s2p1_<U>x<LANES>__<lanes>` (flat kernel, `U` vectors per step).
 #[cfg(not(target_feature = "avx512f"))]
 pub const NAME_S2: &str = "dw3x3_s2p1_4x8__x8";
 
@@ -96,13 +105,6 @@ fn out_region(oh: usize, ow: usize) -> usize {
     (oh - 1) * ow + ow.max(LANES)
 }
 
-/// Row stride of the stride-2 de-interleaved scratch planes: whole vectors
-/// (the de-interleave stores whole vectors) plus one for the `o` shift.
-#[inline]
-fn s2_row_stride(ow: usize) -> usize {
-    ow.div_ceil(LANES) * LANES + 1
-}
-
 /// Floats of scratch one call of [`dw3x3_s1p1`] (`stride == 1`) or
 /// [`dw3x3_s2p1`] (`stride == 2`) needs for `h x w` input planes.
 ///
@@ -111,59 +113,329 @@ fn s2_row_stride(ow: usize) -> usize {
 pub fn scratch_len(h: usize, w: usize, stride: usize) -> usize {
     assert!(h >= 1 && w >= 1, "planes must be at least 1x1");
     let (oh, ow) = (out_dim(h, stride), out_dim(w, stride));
-    let rows = match stride {
-        1 => s1_in_region(h, w) + out_region(oh, ow),
-        2 => 4 * (h + 2) * s2_row_stride(ow) + out_region(oh, ow),
+    match stride {
+        1 => (s1_in_region(h, w) + out_region(oh, ow)).max(flat_scratch_len(h, w, 1)),
+        2 => flat_scratch_len(h, w, 2),
         _ => panic!("stride must be 1 or 2"),
-    };
-    rows.max(flat_scratch_len(h, w, stride))
+    }
 }
 
-/// Whether the flat kernel ([`dw3x3_flat_plane`]) runs a plane of width `w`:
-/// always at stride 2, and at stride 1 for planes narrower than two vectors.
+/// Whether the flat kernel ([`dw3x3_flat`]) runs planes of width `w` at
+/// `stride`: always at stride 2, and at stride 1 for planes of at most half a
+/// vector. Measured on Zen 5 (AVX-512, 1 thread, GFLOP/s, row vs flat):
+/// w = 7: 19 vs 25-31; w = 14: 48-66 vs 35; w = 28: 60 vs 45; w = 112: 63 vs
+/// 35 — the row kernel shares each loaded input row among 3 output rows
+/// (3.75 loads per output vector), the flat one needs 9 + 2 mask loads.
 pub fn uses_flat(w: usize, stride: usize) -> bool {
-    stride == 2 || w < FLAT_S1_MAX_W
+    stride == 2 || w <= LANES / 2
 }
 
-/// Stride-1 planes narrower than this run the flat kernel.
-const FLAT_S1_MAX_W: usize = 2 * LANES - 1;
-
-fn flat_geometry(h: usize, w: usize, stride: usize) -> crate::conv3x3::Geometry {
-    crate::conv3x3::Geometry { cin: 1, h, w, stride }
+/// Greatest common divisor.
+#[inline]
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// Scratch of the flat path: the prepared plane plus slack, and the flat output.
+/// Period, in vectors, of the lane masks of a flat plane with rows of `ow`.
+#[inline]
+fn mask_period(ow: usize) -> usize {
+    ow / gcd(ow, LANES)
+}
+
+/// Mask vectors in a table: one period plus `U - 1` wrapped copies, so a step
+/// of `U` vectors never wraps inside the table.
+#[inline]
+fn mask_entries(ow: usize) -> usize {
+    mask_period(ow) + dw3x3_flat::U
+}
+
+/// Fills `ml` / `mr` (`mask_entries(ow) * LANES` floats each, `mr` may be
+/// empty) with the lane masks of flat vectors `0..mask_entries(ow)`: lane `i`
+/// of vector `v` sits at column `x = (v*LANES + i) % ow`; `ml` clears `x == 0`,
+/// `mr` clears `x == ow - 1`.
+fn fill_masks(ow: usize, ml: &mut [f32], mr: &mut [f32]) {
+    let ones = f32::from_bits(u32::MAX);
+    for (p, v) in ml.iter_mut().enumerate() {
+        *v = if p % ow == 0 { 0.0 } else { ones };
+    }
+    for (p, v) in mr.iter_mut().enumerate() {
+        *v = if p % ow == ow - 1 { 0.0 } else { ones };
+    }
+}
+
+/// `n` rounded up to an odd multiple of 512 floats (half a 4 KiB page).
+fn odd_half_pages(n: usize) -> usize {
+    let k = n.div_ceil(512);
+    512 * (k | 1)
+}
+
+/// Stride-1 prepared plane: `front` zeros (at least one row plus one), the
+/// plane, then zeros for the bottom padding row and the last vector's reads.
+#[derive(Clone, Copy)]
+struct S1Layout {
+    front: usize,
+    len: usize,
+}
+
+impl S1Layout {
+    fn new(h: usize, w: usize) -> Self {
+        let front = (w + 1).next_multiple_of(LANES);
+        let nvec = (h * w).div_ceil(LANES);
+        S1Layout { front, len: odd_half_pages(front + nvec * LANES + w + 1) }
+    }
+    /// Offset of tap `(ky, kx)` from the flat output position.
+    fn offsets(&self, w: usize) -> [usize; 9] {
+        core::array::from_fn(|t| self.front - w - 1 + (t / 3) * w + t % 3)
+    }
+}
+
+/// Stride-2 prepared plane: four phase planes with row stride `ow`, each in a
+/// region of `region` floats whose rows start at `LANES`:
+/// `A[i][j] = in[2i-1][2j]`, `B[i][j] = in[2i-1][2j+1]` (rows `0..=oh`, row 0
+/// zero), `C[i][j] = in[2i][2j]`, `D[i][j] = in[2i][2j+1]` (rows `0..oh`);
+/// taps past the input are zero.
+#[derive(Clone, Copy)]
+struct S2Layout {
+    region: usize,
+}
+
+impl S2Layout {
+    fn new(oh: usize, ow: usize) -> Self {
+        S2Layout { region: LANES + (oh + 1) * ow + 2 * LANES }
+    }
+    /// Floats of one buffer, padded to an odd multiple of half a 4 KiB page, so the
+    /// loads from one buffer never 4K-alias the stores into the other one.
+    fn len(&self) -> usize {
+        odd_half_pages(4 * self.region)
+    }
+    /// Start of phase plane `p` (0 = A .. 3 = D) inside the buffer.
+    fn base(&self, p: usize) -> usize {
+        p * self.region + LANES
+    }
+    /// Offset of tap `(ky, kx)` from the flat output position `q = oy*ow + ox`:
+    /// ky = 0 / 2 read odd input rows (A, B at row oy / oy+1), ky = 1 even rows
+    /// (C, D at row oy); kx = 0 reads the odd column left of ox (B / D at
+    /// ox-1, masked at ox = 0), kx = 1 the even column, kx = 2 the odd one.
+    fn offsets(&self, ow: usize) -> [usize; 9] {
+        let (a, b, c, d) = (self.base(0), self.base(1), self.base(2), self.base(3));
+        [b - 1, a, b, d - 1, c, d, b + ow - 1, a + ow, b + ow]
+    }
+}
+
+/// Floats of scratch the flat drivers need.
 fn flat_scratch_len(h: usize, w: usize, stride: usize) -> usize {
-    let g = flat_geometry(h, w, stride);
-    let step = dw3x3_flat::U * LANES;
-    g.prepared_len() + step + g.flat_len().div_ceil(step) * step
+    if stride == 1 {
+        2 * mask_entries(w) * LANES + 2 * S1Layout::new(h, w).len
+    } else {
+        let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
+        mask_entries(ow) * LANES + 2 * S2Layout::new(oh, ow).len()
+    }
 }
 
-/// The flat driver: every plane is prepared (zero-padded, phase-split), run
-/// through [`dw3x3_flat_plane`], and its rows copied out.
-fn flat_driver<A: Act>(args: Dw3x3Args<'_>, stride: usize, scratch: &mut [f32]) {
+/// Index vectors that pick the even (`par = 0`) or odd (`par = 1`) columns
+/// of two rows: lanes `j < n` take `2j + par` of the first vector, lanes
+/// `n <= j < 2n` take `2(j-n) + par` of the second (index `LANES + ..`), and
+/// further lanes continue the second row. With `n = LANES / 2` this is a plain
+/// de-interleave of `2*LANES` consecutive floats.
+#[inline(always)]
+fn pick_index(n: usize, par: usize) -> IndexV {
+    IndexV::new(core::array::from_fn(|j| {
+        let i = if j < n { 2 * j + par } else { LANES + 2 * (j - n) + par };
+        (i % (2 * LANES)) as u32
+    }))
+}
+
+/// The lane-index vector type matching [`V`].
+#[cfg(target_feature = "avx512f")]
+type IndexV = wide::u32x16;
+/// The lane-index vector type matching [`V`].
+#[cfg(not(target_feature = "avx512f"))]
+type IndexV = wide::u32x8;
+
+/// Picks lanes of `[a, b]` by `idx` (one `vpermt2ps` on AVX-512).
+#[inline(always)]
+fn pick2(a: V, b: V, idx: IndexV) -> V {
+    use wide::ShuffleExt;
+    [a, b].shuffle(idx)
+}
+
+/// Loads `LANES` floats at `s[i..]`, zero past the end of `s`.
+#[inline(always)]
+fn load_or_partial(s: &[f32], i: usize) -> V {
+    if i + LANES <= s.len() { load(s, i) } else { load_partial(s, i.min(s.len())) }
+}
+
+/// De-interleaves input plane `x` (`h x w`, possibly followed by more input,
+/// which may be read but never matters) into the stride-2 phase planes of
+/// `buf` (see [`S2Layout`]). Rows are stored as whole vectors that spill into
+/// the next row of the same phase plane (written later) or the region's
+/// slack; the padding zeros that a spill or a short row could overwrite are
+/// rewritten at the end. Row 0 of A and B is never written.
+fn s2_prepare(x: &[f32], h: usize, w: usize, lay: &S2Layout, buf: &mut [f32], idx: &[IndexV; 2]) {
+    let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
+    // Destination (even-column plane, odd-column plane, row) of input row iy.
+    let dest = |iy: usize| {
+        if iy.is_multiple_of(2) {
+            (lay.base(2), lay.base(3), iy / 2)
+        } else {
+            (lay.base(0), lay.base(1), iy.div_ceil(2))
+        }
+    };
+    if 2 * ow <= LANES {
+        // Row pairs (iy, iy+2) of one parity fill one vector per phase plane:
+        // their destination rows are consecutive.
+        for par in 0..2 {
+            let mut iy = par;
+            while iy < h {
+                let a = load_or_partial(x, iy * w);
+                let b = if iy + 2 < h { load_or_partial(x, (iy + 2) * w) } else { V::ZERO };
+                let (e, o, row) = dest(iy);
+                store(buf, e + row * ow, pick2(a, b, idx[0]));
+                store(buf, o + row * ow, pick2(a, b, idx[1]));
+                iy += 4;
+            }
+        }
+    } else {
+        let chunks = ow.div_ceil(LANES);
+        for iy in 0..h {
+            let (e, o, row) = dest(iy);
+            for kc in 0..chunks {
+                let s = iy * w + 2 * LANES * kc;
+                let (a, b) = (load_or_partial(x, s), load_or_partial(x, s + LANES));
+                store(buf, e + row * ow + LANES * kc, pick2(a, b, idx[0]));
+                store(buf, o + row * ow + LANES * kc, pick2(a, b, idx[1]));
+            }
+        }
+    }
+    if !h.is_multiple_of(2) {
+        // Input row h (below the plane) is padding: rows oh of A and B.
+        for p in 0..2 {
+            buf[lay.base(p) + oh * ow..lay.base(p) + (oh + 1) * ow].fill(0.0);
+        }
+    }
+    if !w.is_multiple_of(2) {
+        // Input column w (right of the plane) is padding: column ow-1 of B, D.
+        for i in 0..=oh {
+            buf[lay.base(1) + i * ow + ow - 1] = 0.0;
+            buf[lay.base(3) + i * ow + ow - 1] = 0.0;
+        }
+    }
+}
+
+/// Runs the flat kernel over one prepared plane: vectors `0..nvec` of flat
+/// outputs go to `output[o0 + v*LANES ..]` while they fit in `output` (the
+/// last one spills into the next plane, which is written later); a vector
+/// that would pass the end of `output` goes through a stack tile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn flat_plane<const MASK_R: bool, A: Act>(
+    k: &[V; 10],
+    src: &[f32],
+    offs: &[usize; 9],
+    ml: &[f32],
+    mr: &[f32],
+    period: usize,
+    nvec: usize,
+    output: &mut [f32],
+    o0: usize,
+) {
+    const U: usize = dw3x3_flat::U;
+    let mut v = 0;
+    let mut m = 0;
+    // LOOP 2: steps of U vectors.
+    while v + U <= nvec && o0 + (v + U) * LANES <= output.len() {
+        let q = v * LANES;
+        dw3x3_flat::<U, MASK_R, A>(k, src, offs, q, ml, mr, m, output, o0 + q);
+        v += U;
+        m = (m + U) % period;
+    }
+    // LOOP 3: the remaining vectors, one at a time.
+    while v < nvec {
+        let q = v * LANES;
+        if o0 + q + LANES <= output.len() {
+            dw3x3_flat::<1, MASK_R, A>(k, src, offs, q, ml, mr, m, output, o0 + q);
+        } else {
+            let mut tile = [0.0f32; LANES];
+            dw3x3_flat::<1, MASK_R, A>(k, src, offs, q, ml, mr, m, &mut tile, 0);
+            let n = output.len() - (o0 + q);
+            output[o0 + q..].copy_from_slice(&tile[..n]);
+        }
+        v += 1;
+        m = (m + 1) % period;
+    }
+}
+
+/// The stride-1 flat driver: each plane is copied below a zero row into one
+/// of two buffers (the next plane is copied while the current one is
+/// computed, so the kernel's loads never wait on the copy's stores).
+fn flat_s1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let Dw3x3Args { channels, h, w, packed, input, output } = args;
-    let g = flat_geometry(h, w, stride);
-    let (oh, ow) = g.output_hw();
-    let (_, wq) = g.phase_hw();
-    let (hw, ohw, n) = (h * w, oh * ow, g.flat_len());
-    let step = dw3x3_flat::U * LANES;
-    let (prep, flat) = scratch.split_at_mut(g.prepared_len() + step);
-    let flat = &mut flat[..n.div_ceil(step) * step];
-    prep[g.prepared_len()..].fill(0.0);
-    let mut offsets = [0usize; 9];
-    crate::conv3x3::tap_offsets(&g, &mut offsets);
-    let output = &mut output[..channels * ohw];
-    // LOOP 1: channels, in order (short rows spill into later ones).
+    let hw = h * w;
+    let input = &input[..channels * hw];
+    let output = &mut output[..channels * hw];
+    let lay = S1Layout::new(h, w);
+    let me = mask_entries(w) * LANES;
+    let (masks, rest) = scratch.split_at_mut(2 * me);
+    let (ml, mr) = masks.split_at_mut(me);
+    fill_masks(w, ml, mr);
+    let bufs = &mut rest[..2 * lay.len];
+    bufs.fill(0.0);
+    let (b0, b1) = bufs.split_at_mut(lay.len);
+    let mut bufs = [b0, b1];
+    let offs = lay.offsets(w);
+    let nvec = hw.div_ceil(LANES);
+    let period = mask_period(w);
+    let copy = |c: usize, buf: &mut [f32]| {
+        buf[lay.front..lay.front + hw].copy_from_slice(&input[c * hw..(c + 1) * hw]);
+    };
+    if channels > 0 {
+        copy(0, &mut *bufs[0]);
+    }
+    // LOOP 1: channels, in order (spilling stores rely on it).
     for c in 0..channels {
+        let [b0, b1] = &mut bufs;
+        let (cur, next) = if c % 2 == 0 { (b0, b1) } else { (b1, b0) };
+        if c + 1 < channels {
+            copy(c + 1, next);
+        }
         let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
-        crate::conv3x3::prepare_input(
-            &g,
-            &input[c * hw..(c + 1) * hw],
-            &mut prep[..g.prepared_len()],
-        );
-        dw3x3_flat_plane::<A>(&k, prep, &offsets, n, flat);
-        copy_flat_rows(flat, wq, oh, ow, &mut output[c * ohw..]);
+        flat_plane::<true, A>(&k, cur, &offs, ml, mr, period, nvec, output, c * hw);
+    }
+}
+
+/// The stride-2 flat driver: each plane is de-interleaved into four phase
+/// planes (double-buffered like [`flat_s1`]), then run through the flat kernel.
+fn flat_s2<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+    let Dw3x3Args { channels, h, w, packed, input, output } = args;
+    let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
+    let (hw, ohw) = (h * w, oh * ow);
+    let input = &input[..channels * hw];
+    let output = &mut output[..channels * ohw];
+    let lay = S2Layout::new(oh, ow);
+    let me = mask_entries(ow) * LANES;
+    let (ml, rest) = scratch.split_at_mut(me);
+    fill_masks(ow, ml, &mut []);
+    let bufs = &mut rest[..2 * lay.len()];
+    bufs.fill(0.0);
+    let (b0, b1) = bufs.split_at_mut(lay.len());
+    let mut bufs = [b0, b1];
+    let offs = lay.offsets(ow);
+    let nvec = ohw.div_ceil(LANES);
+    let period = mask_period(ow);
+    let n = if 2 * ow <= LANES { ow } else { LANES / 2 };
+    let idx = [pick_index(n, 0), pick_index(n, 1)];
+    if channels > 0 {
+        s2_prepare(input, h, w, &lay, bufs[0], &idx);
+    }
+    // LOOP 1: channels, in order (spilling stores rely on it).
+    for c in 0..channels {
+        let [b0, b1] = &mut bufs;
+        let (cur, next) = if c % 2 == 0 { (b0, b1) } else { (b1, b0) };
+        if c + 1 < channels {
+            s2_prepare(&input[(c + 1) * hw..], h, w, &lay, next, &idx);
+        }
+        let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
+        flat_plane::<false, A>(&k, cur, &offs, ml, &[], period, nvec, output, c * ohw);
     }
 }
 
@@ -253,7 +525,7 @@ fn col_start(j: usize, ow: usize) -> usize {
 pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let (oh, ow) = check_args(&args, 1, scratch);
     if uses_flat(args.w, 1) {
-        return flat_driver::<A>(args, 1, scratch);
+        return flat_s1::<A>(args, scratch);
     }
     let Dw3x3Args { channels, h, w, packed, input, output } = args;
     let hw = h * w;
@@ -409,138 +681,6 @@ fn bands(oh: usize, r_max: usize) -> (usize, usize) {
 /// If `h == 0` or `w == 0`, if `packed`, `input` or `output` is shorter than
 /// the shapes imply, or if `scratch.len() < scratch_len(h, w, 2)`.
 pub fn dw3x3_s2p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
-    let (oh, ow) = check_args(&args, 2, scratch);
-    if uses_flat(args.w, 2) {
-        return flat_driver::<A>(args, 2, scratch);
-    }
-    let Dw3x3Args { channels, h, w, packed, input, output } = args;
-    let (hw, ohw) = (h * w, oh * ow);
-    let input = &input[..channels * hw];
-    let output = &mut output[..channels * ohw];
-
-    let ws = s2_row_stride(ow);
-    let plane_len = (h + 2) * ws;
-    // Two de-interleave buffers `[e | o]`: channel c+1 is de-interleaved into
-    // one while channel c is computed from the other, so the kernel's loads do
-    // not hit the de-interleave's still-pending (partially overlapping) stores,
-    // which would defeat store-to-load forwarding and stall.
-    let (bufs, rest) = scratch.split_at_mut(4 * plane_len);
-    let s_out = &mut rest[..out_region(oh, ow)];
-    // Zero the planes once: rows 0 and h+1 (vertical padding), `o[r][0]` and
-    // every column past a row's data stay zero, because the de-interleave only
-    // ever writes data (or zeros) to the same columns of rows 1..=h.
-    bufs.fill(0.0);
-    let (buf0, buf1) = bufs.split_at_mut(2 * plane_len);
-    let mut bufs = [buf0, buf1];
-    // Lane masks for the last, partial 2*LANES chunk of an input row.
-    let rem = w % (2 * LANES);
-    let ones = f32::from_bits(u32::MAX);
-    let tail_masks: [V; 2] = core::array::from_fn(|h| {
-        V::new(core::array::from_fn(|i| if h * LANES + i < rem { ones } else { 0.0 }))
-    });
-    let ncol = ow.div_ceil(LANES);
-    let (nband, rows) = bands(oh, R_MAX_S2);
-
-    // De-interleaves plane c: input row iy goes to scratch row iy+1.
-    let deint_plane = |c: usize, buf: &mut [f32]| {
-        let (e, o) = buf.split_at_mut(plane_len);
-        for iy in 0..h {
-            let r = (iy + 1) * ws;
-            deinterleave_row(
-                input,
-                c * hw + iy * w,
-                w,
-                &tail_masks,
-                &mut e[r..r + ws],
-                &mut o[r..r + ws],
-            );
-        }
-    };
-    if channels > 0 {
-        deint_plane(0, &mut *bufs[0]);
-    }
-
-    // LOOP 1: channels, in order (spilling stores rely on it).
-    for c in 0..channels {
-        let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
-        let [cur, next] = &mut bufs;
-        let (cur, next) = if c % 2 == 0 { (cur, next) } else { (next, cur) };
-        if c + 1 < channels {
-            deint_plane(c + 1, next);
-        }
-        let (e, o) = cur.split_at(plane_len);
-        let fast = c * ohw + out_region(oh, ow) <= output.len();
-        let (dst, out_off) = if fast { (&mut *output, c * ohw) } else { (&mut *s_out, 0) };
-        // LOOP 2: bands of `rows` output rows (the last one moved up to end at oh).
-        for b in 0..nband {
-            let oy0 = (b * rows).min(oh - rows);
-            // LOOP 3: column vectors (the last one moved left to end at ow).
-            for j in 0..ncol {
-                let ox0 = col_start(j, ow);
-                let eo = 2 * oy0 * ws + ox0;
-                let oo = out_off + oy0 * ow + ox0;
-                macro_rules! go {
-                    ($r:literal) => {
-                        dw3x3_s2p1_band::<$r, A>(&k, e, o, eo, ws, dst, oo, ow)
-                    };
-                }
-                match rows {
-                    1 => go!(1),
-                    2 => go!(2),
-                    3 => go!(3),
-                    4 => go!(4),
-                    _ => unreachable!("band of {rows} rows"),
-                }
-            }
-        }
-        if !fast {
-            output[c * ohw..(c + 1) * ohw].copy_from_slice(&s_out[..ohw]);
-        }
-    }
-}
-
-/// Splits input row `input[start..start + w]` into even columns
-/// `e[j] = row[2j]` and shifted odd columns `o[j+1] = row[2j+1]`, one
-/// `2*LANES` chunk at a time. The last, partial chunk is loaded whole when it
-/// lies inside `input` and its lanes past the row are cleared with
-/// `tail_masks`; otherwise it is copied into a zeroed buffer. Either way the
-/// columns past the row receive zeros, so the scratch tails stay zero.
-#[inline(always)]
-fn deinterleave_row(
-    input: &[f32],
-    start: usize,
-    w: usize,
-    tail_masks: &[V; 2],
-    e: &mut [f32],
-    o: &mut [f32],
-) {
-    let full = w / (2 * LANES);
-    for ch in 0..full {
-        let i = start + ch * 2 * LANES;
-        let (ev, ov) = deinterleave(load(input, i), load(input, i + LANES));
-        store(e, ch * LANES, ev);
-        store(o, ch * LANES + 1, ov);
-    }
-    let rem = w - full * 2 * LANES;
-    if rem > 0 {
-        let i = start + full * 2 * LANES;
-        let (lo, hi) = if i + 2 * LANES <= input.len() {
-            (load(input, i) & tail_masks[0], load(input, i + LANES) & tail_masks[1])
-        } else {
-            let mut buf = [0.0f32; 2 * LANES];
-            buf[..rem].copy_from_slice(&input[i..i + rem]);
-            (load(&buf, 0), load(&buf, LANES))
-        };
-        let (ev, ov) = deinterleave(lo, hi);
-        store(e, full * LANES, ev);
-        store(o, full * LANES + 1, ov);
-    }
-}
-
-/// De-interleaves 2*LANES consecutive floats `[lo | hi]` into (even, odd) lanes.
-#[inline(always)]
-fn deinterleave(lo: V, hi: V) -> (V, V) {
-    let (a, b) = (lo.to_array(), hi.to_array());
-    let at = |i: usize| if i < LANES { a[i] } else { b[i - LANES] };
-    (V::new(core::array::from_fn(|i| at(2 * i))), V::new(core::array::from_fn(|i| at(2 * i + 1))))
+    check_args(&args, 2, scratch);
+    flat_s2::<A>(args, scratch)
 }

@@ -1,0 +1,101 @@
+//! `repconv reparam`: fold a train-form checkpoint into its fused form,
+//! check both forms agree layer by layer, and write the fused checkpoint.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use repconv::Tensor;
+use repconv::mobileone::{SplitMix64, Variant};
+use repconv::weights::{self, LoadOptions};
+
+/// Options of `repconv reparam`.
+#[derive(Args, Debug, Clone)]
+pub struct ReparamArgs {
+    /// The train-form checkpoint (safetensors, timm names).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Where to write the fused checkpoint (timm's `reparam_conv` names, f32).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite `--out` if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// The variant (s0..s4); inferred from the tensor shapes when omitted.
+    #[arg(long)]
+    pub variant: Option<Variant>,
+    /// Height and width of the random check input.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    /// Largest accepted per-layer max |difference|, relative to the layer's
+    /// largest output; above it nothing is written.
+    #[arg(long, default_value_t = 1e-3)]
+    pub tolerance: f64,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+fn max_abs(v: &[f32]) -> f64 {
+    v.iter().fold(0f64, |m, x| m.max(f64::from(x.abs())))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
+}
+
+/// Runs the command.
+pub fn run(args: &ReparamArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if !args.force && args.out.exists() {
+        return Err(
+            format!("{}: already exists (pass --force to overwrite)", args.out.display()).into()
+        );
+    }
+    let pool = super::pool(args.threads)?;
+    let options = LoadOptions::default().with_variant(args.variant);
+    pool.install(|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let net = weights::load(&args.weights, &options)?;
+        if net.is_reparameterized() {
+            return Err(format!("{}: already fused, nothing to reparameterize", args.weights.display()).into());
+        }
+        let fused = net.reparameterize()?;
+
+        // Per-layer check: each block in both forms on the multi-branch
+        // activations of a random input.
+        let c = net.config().in_channels;
+        let shape = [1, c, args.size, args.size];
+        let mut rng = SplitMix64::new(0x5EED);
+        let mut x = Tensor::from_vec(shape, rng.uniform_vec(shape.iter().product(), -1.0, 1.0))?;
+        let input = x.clone();
+        println!("check on a random 1x{c}x{0}x{0} input: max |multi - fused| per layer", args.size);
+        println!("{:<14} {:>12} {:>12} {:>11}", "layer", "max |diff|", "max |out|", "relative");
+        let mut worst = 0f64;
+        for ((name, multi), (_, one)) in net.blocks().into_iter().zip(fused.blocks()) {
+            let a = multi.forward(&x)?;
+            let b = one.forward(&x)?;
+            let (d, m) = (max_diff(a.as_slice(), b.as_slice()), max_abs(a.as_slice()));
+            let rel = if m > 0.0 { d / m } else { d };
+            worst = worst.max(if rel.is_nan() { f64::INFINITY } else { rel });
+            println!("{name:<14} {d:>12.3e} {m:>12.3e} {rel:>11.3e}");
+            x = a;
+        }
+        let (a, b) = (net.forward(&input)?, fused.forward(&input)?);
+        let (d, m) = (max_diff(a.as_slice(), b.as_slice()), max_abs(a.as_slice()));
+        println!("{:<14} {d:>12.3e} {m:>12.3e} {:>11.3e}", "logits", if m > 0.0 { d / m } else { d });
+        if worst > args.tolerance {
+            return Err(format!(
+                "the forms disagree (worst relative difference {worst:.3e} > {:.1e}); nothing written",
+                args.tolerance
+            )
+            .into());
+        }
+        weights::save(&fused, &args.out, args.force)?;
+        println!(
+            "wrote {} ({} parameters, was {})",
+            args.out.display(),
+            weights::parameter_count(&fused),
+            weights::parameter_count(&net)
+        );
+        Ok(())
+    })
+    .map_err(|e| e as Box<dyn std::error::Error>)
+}
