@@ -38,9 +38,9 @@
 //! contiguous load at a constant offset from the flat output index
 //! `q = oy*ow + ox`, then `U` vectors of consecutive flat outputs per step are
 //! computed straight into the output (no padding columns, so a 7x7 plane is 4
-//! vectors). Stride 1 copies the plane below a zero row ([`S1Layout`]);
+//! vectors). Stride 1 copies the plane below a zero row (`S1Layout`);
 //! stride 2 de-interleaves it with two-vector lane shuffles (`vpermt2ps`) into
-//! four phase planes of row stride `ow` ([`S2Layout`]), two rows of a phase per
+//! four phase planes of row stride `ow` (`S2Layout`), two rows of a phase per
 //! shuffle when `2*ow <= LANES`. The buffers are zeroed once per call; the
 //! next plane is prepared into a second buffer while the current one is
 //! computed. The last vector of a plane spills into the next plane (written
