@@ -8,7 +8,13 @@ use clap::Parser;
 fn main() {
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+        // A closed stdout pipe (`repconv layers | head`) is not an error.
+        let broken_pipe = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+        if !broken_pipe {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -38,23 +38,23 @@ pub fn run(args: &InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let flops = net.flops(shape)?;
     let fused_flops =
         if net.is_reparameterized() { flops } else { net.reparameterize()?.flops(shape)? };
-    println!("file        {}", args.weights.display());
-    println!("variant     mobileone_{variant}");
-    println!("form        {}", weights::form(&net).name());
-    println!(
+    outln!("file        {}", args.weights.display());
+    outln!("variant     mobileone_{variant}");
+    outln!("form        {}", weights::form(&net).name());
+    outln!(
         "branches    k = {} (stem: {})",
         config.num_conv_branches,
         net.stem().config().num_conv_branches
     );
-    println!(
+    outln!(
         "channels    in {}, stem {}, stages {:?}",
         config.in_channels,
         config.stem_channels(),
         config.stage_channels()
     );
-    println!("classes     {}", config.num_classes);
-    println!("parameters  {}", weights::parameter_count(&net));
-    println!(
+    outln!("classes     {}", config.num_classes);
+    outln!("parameters  {}", weights::parameter_count(&net));
+    outln!(
         "FLOPs       {:.1} MFLOP at 1x{}x224x224 in this form ({:.1} MFLOP fused)",
         flops as f64 / 1e6,
         config.in_channels,

@@ -103,11 +103,11 @@ pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
     let threads = pool.current_num_threads();
     let peak = fma_peak_gflops(threads);
     if !args.json {
-        println!(
+        outln!(
             "repconv layers: {threads} thread(s), {} lanes, in-process FMA peak {peak:.1} GFLOP/s",
             repconv::simd_lanes_name()
         );
-        println!(
+        outln!(
             "{:<22} {:<34} {:>8} {:>9} {:>8} {:>7}",
             "layer", "kernel", "MFLOP", "ms", "GFLOP/s", "%peak"
         );
@@ -118,9 +118,9 @@ pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         let row = pool.install(|| measure(layer, args, threads, peak))?;
         if args.json {
-            println!("{}", serde_json::to_string(&row)?);
+            outln!("{}", serde_json::to_string(&row)?);
         } else {
-            println!(
+            outln!(
                 "{:<22} {:<34} {:>8.2} {:>9.4} {:>8.1} {:>6.1}%",
                 row.layer, row.kernel, row.mflop, row.ms, row.gflops, row.pct_peak
             );

@@ -118,10 +118,10 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
         peak_gflops: peak,
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "MobileOne-{} {}x{} batch {}: {} thread(s), {} lanes, in-process FMA peak {:.1} GFLOP/s",
         args.variant.name().to_uppercase(),
         args.size,
@@ -131,23 +131,23 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
         repconv::simd_lanes_name(),
         peak
     );
-    println!(
+    outln!(
         "fused network {:.1} MFLOP (multi-branch convolutions {:.1} MFLOP, {:.2}x)",
         flops / 1e6,
         multi_flops / 1e6,
         multi_flops / flops
     );
-    println!(
+    outln!(
         "agreement: max |diff| {:.3e}, max relative diff {:.3e} (of max |logit| {:.3}), argmax {}",
         max_abs_diff,
         max_rel_diff,
         max_logit,
         if argmax_equal { "equal" } else { "DIFFERENT" }
     );
-    println!("{:<14} {:>10} {:>9} {:>9} {:>7}", "form", "median ms", "speedup", "GFLOP/s", "%peak");
+    outln!("{:<14} {:>10} {:>9} {:>9} {:>7}", "form", "median ms", "speedup", "GFLOP/s", "%peak");
     for (form, ms) in [("multi-branch", multi_ms), ("fused", fused_ms)] {
         let g = flops / ms / 1e6;
-        println!(
+        outln!(
             "{:<14} {:>10.3} {:>8.2}x {:>9.1} {:>6.1}%",
             form,
             ms,
@@ -156,7 +156,7 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
             100.0 * g / peak
         );
     }
-    println!(
+    outln!(
         "(GFLOP/s = fused-network FLOPs / time for both forms; median of {} runs after 3 warm-up runs)",
         args.runs.max(1)
     );

@@ -1,5 +1,14 @@
 //! Command-line parsing and dispatch.
 
+/// `println!` that returns the write error instead of panicking, so that
+/// `repconv layers | head` ends quietly when the pipe closes.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
 mod info;
 mod layers;
 mod main_job;

@@ -66,8 +66,8 @@ pub fn run(args: &ReparamArgs) -> Result<(), Box<dyn std::error::Error>> {
         let mut rng = SplitMix64::new(0x5EED);
         let mut x = Tensor::from_vec(shape, rng.uniform_vec(shape.iter().product(), -1.0, 1.0))?;
         let input = x.clone();
-        println!("check on a random 1x{c}x{0}x{0} input: max |multi - fused| per layer", args.size);
-        println!("{:<14} {:>12} {:>12} {:>11}", "layer", "max |diff|", "max |out|", "relative");
+        outln!("check on a random 1x{c}x{0}x{0} input: max |multi - fused| per layer", args.size);
+        outln!("{:<14} {:>12} {:>12} {:>11}", "layer", "max |diff|", "max |out|", "relative");
         let mut worst = 0f64;
         for ((name, multi), (_, one)) in net.blocks().into_iter().zip(fused.blocks()) {
             let a = multi.forward(&x)?;
@@ -75,12 +75,12 @@ pub fn run(args: &ReparamArgs) -> Result<(), Box<dyn std::error::Error>> {
             let (d, m) = (max_diff(a.as_slice(), b.as_slice()), max_abs(a.as_slice()));
             let rel = if m > 0.0 { d / m } else { d };
             worst = worst.max(if rel.is_nan() { f64::INFINITY } else { rel });
-            println!("{name:<14} {d:>12.3e} {m:>12.3e} {rel:>11.3e}");
+            outln!("{name:<14} {d:>12.3e} {m:>12.3e} {rel:>11.3e}");
             x = a;
         }
         let (a, b) = (net.forward(&input)?, fused.forward(&input)?);
         let (d, m) = (max_diff(a.as_slice(), b.as_slice()), max_abs(a.as_slice()));
-        println!("{:<14} {d:>12.3e} {m:>12.3e} {:>11.3e}", "logits", if m > 0.0 { d / m } else { d });
+        outln!("{:<14} {d:>12.3e} {m:>12.3e} {:>11.3e}", "logits", if m > 0.0 { d / m } else { d });
         if worst > args.tolerance {
             return Err(format!(
                 "the forms disagree (worst relative difference {worst:.3e} > {:.1e}); nothing written",
@@ -89,7 +89,7 @@ pub fn run(args: &ReparamArgs) -> Result<(), Box<dyn std::error::Error>> {
             .into());
         }
         weights::save(&fused, &args.out, args.force)?;
-        println!(
+        outln!(
             "wrote {} ({} parameters, was {})",
             args.out.display(),
             weights::parameter_count(&fused),

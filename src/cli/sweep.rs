@@ -41,8 +41,8 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
         ("depthwise 128 @28", BlockConfig::new(128, 128, 3).with_groups(128), 28),
         ("pointwise 128->128 @28", BlockConfig::new(128, 128, 1), 28),
     ];
-    println!("sweep-branches: {threads} thread(s), median of {} runs, ms", args.runs);
-    println!("{:<24} {:>3} {:>10} {:>10} {:>8}", "block", "k", "multi", "fused", "ratio");
+    outln!("sweep-branches: {threads} thread(s), median of {} runs, ms", args.runs);
+    outln!("{:<24} {:>3} {:>10} {:>10} {:>8}", "block", "k", "multi", "fused", "ratio");
     let mut all = Vec::new();
     for (name, config, hw) in blocks {
         let shape = [1, config.in_channels, hw, hw];
@@ -63,14 +63,14 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
                 });
                 (m, f)
             });
-            println!("{name:<24} {k:>3} {m:>10.4} {f:>10.4} {:>7.2}x", m / f);
+            outln!("{name:<24} {k:>3} {m:>10.4} {f:>10.4} {:>7.2}x", m / f);
             s.multi.push((k, m));
             s.fused.push((k, f));
         }
         all.push(s);
     }
     plot(&args.out, &all, threads)?;
-    println!("wrote {}", args.out.display());
+    outln!("wrote {}", args.out.display());
     Ok(())
 }
 
