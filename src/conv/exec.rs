@@ -207,7 +207,18 @@ fn run_conv3x3<A: Act>(
         let offsets = &*offsets;
         with_im2col(g.prepared_len(), |prepared| {
             for (xb, yb) in x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * oh * ow)) {
-                conv3x3::prepare_input(&g, xb, prepared);
+                if parallel {
+                    // The phase split of a large input (the stem's) costs as much
+                    // as its few-channel convolution: split it across threads too.
+                    let slack = g.slack_range();
+                    prepared[slack.clone()].fill(0.0);
+                    prepared[..slack.start]
+                        .par_chunks_mut(g.plane_len())
+                        .enumerate()
+                        .for_each(|(i, plane)| conv3x3::prepare_plane(&g, xb, i, plane));
+                } else {
+                    conv3x3::prepare_input(&g, xb, prepared);
+                }
                 let prepared = &*prepared;
                 for_each_row_block(yb, cout, oh * ow, parallel, |first_block, ct| {
                     let m = ct.len() / (oh * ow);

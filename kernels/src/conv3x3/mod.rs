@@ -67,6 +67,22 @@ impl Geometry {
         self.output_hw().0 * self.phase_hw().1
     }
 
+    /// Number of prepared planes, `stride^2 * cin`.
+    pub fn planes(&self) -> usize {
+        self.stride * self.stride * self.cin
+    }
+
+    /// Floats per prepared plane, `hq * wq`.
+    pub fn plane_len(&self) -> usize {
+        let (hq, wq) = self.phase_hw();
+        hq * wq
+    }
+
+    /// The zero slack after the planes, as a range of the prepared buffer.
+    pub fn slack_range(&self) -> std::ops::Range<usize> {
+        self.planes() * self.plane_len()..self.prepared_len()
+    }
+
     /// Reduction length `cin * 9`.
     pub fn k(&self) -> usize {
         self.cin * 9
@@ -97,42 +113,57 @@ impl Geometry {
 /// If `x.len() != cin*h*w` or `dst.len() != g.prepared_len()`.
 pub fn prepare_input(g: &Geometry, x: &[f32], dst: &mut [f32]) {
     g.check();
+    assert_eq!(dst.len(), g.prepared_len(), "prepared length");
+    let (planes, slack) = dst.split_at_mut(g.planes() * g.plane_len());
+    slack.fill(0.0);
+    for (index, plane) in planes.chunks_exact_mut(g.plane_len()).enumerate() {
+        prepare_plane(g, x, index, plane);
+    }
+}
+
+/// Writes prepared plane `index` (phase-major: `index = (py*s + px) * cin + ci`)
+/// of `x` into `dst`, so callers can fill the planes in parallel; the slack
+/// after the last plane (see [`Geometry::slack_range`]) must be zeroed too.
+///
+/// # Panics
+/// If `x.len() != cin*h*w`, `index >= g.planes()` or `dst.len() != g.plane_len()`.
+pub fn prepare_plane(g: &Geometry, x: &[f32], index: usize, dst: &mut [f32]) {
+    g.check();
     let Geometry { cin, h, w, stride: s } = *g;
     assert_eq!(x.len(), cin * h * w, "input length");
-    assert_eq!(dst.len(), g.prepared_len(), "prepared length");
-    let (hq, wq) = g.phase_hw();
-    let (planes, slack) = dst.split_at_mut(s * s * cin * hq * wq);
-    slack.fill(0.0);
-    for py in 0..s {
-        for px in 0..s {
-            let phase = &mut planes[(py * s + px) * cin * hq * wq..][..cin * hq * wq];
-            // Padded column c = s*j + px holds input column c - 1: the valid
-            // j are those with 1 <= c <= w.
-            let j_lo = (1usize.saturating_sub(px)).div_ceil(s);
-            let j_hi = (w + 1 - px).div_ceil(s).min(wq).max(j_lo);
-            let c_lo = s * j_lo + px - 1;
-            for ci in 0..cin {
-                let plane = &x[ci * h * w..(ci + 1) * h * w];
-                let qplane = &mut phase[ci * hq * wq..(ci + 1) * hq * wq];
-                // Padded row r = s*i + py holds input row r - 1.
-                for (i, qrow) in qplane.chunks_exact_mut(wq).enumerate() {
-                    let r = s * i + py;
-                    if r == 0 || r > h {
-                        qrow.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[(r - 1) * w..r * w];
-                    qrow[..j_lo].fill(0.0);
-                    qrow[j_hi..].fill(0.0);
-                    if s == 1 {
-                        qrow[j_lo..j_hi].copy_from_slice(&src[c_lo..c_lo + (j_hi - j_lo)]);
-                    } else {
-                        for (q, v) in qrow[j_lo..j_hi].iter_mut().zip(src[c_lo..].iter().step_by(2))
-                        {
-                            *q = *v;
-                        }
-                    }
-                }
+    assert!(index < g.planes(), "plane index");
+    assert_eq!(dst.len(), g.plane_len(), "plane length");
+    let (_, wq) = g.phase_hw();
+    let (phase, ci) = (index / cin, index % cin);
+    let (py, px) = (phase / s, phase % s);
+    // Padded column c = s*j + px holds input column c - 1: the valid j are
+    // those with 1 <= c <= w.
+    let j_lo = (1usize.saturating_sub(px)).div_ceil(s);
+    let j_hi = (w + 1 - px).div_ceil(s).min(wq).max(j_lo);
+    let c_lo = s * j_lo + px - 1;
+    let len = j_hi - j_lo;
+    let plane = &x[ci * h * w..(ci + 1) * h * w];
+    // Padded row r = s*i + py holds input row r - 1.
+    for (i, qrow) in dst.chunks_exact_mut(wq).enumerate() {
+        let r = s * i + py;
+        if r == 0 || r > h {
+            qrow.fill(0.0);
+            continue;
+        }
+        let src = &plane[(r - 1) * w..r * w];
+        qrow[..j_lo].fill(0.0);
+        qrow[j_hi..].fill(0.0);
+        if s == 1 {
+            qrow[j_lo..j_hi].copy_from_slice(&src[c_lo..c_lo + len]);
+        } else {
+            // Every other input column: pairs, so LLVM turns it into shuffles.
+            let dst_run = &mut qrow[j_lo..j_hi];
+            let pairs = (src.len() - c_lo) / 2;
+            for (q, pair) in dst_run.iter_mut().zip(src[c_lo..].chunks_exact(2)) {
+                *q = pair[0];
+            }
+            if pairs < len {
+                dst_run[len - 1] = src[c_lo + 2 * (len - 1)];
             }
         }
     }
