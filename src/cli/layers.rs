@@ -109,7 +109,12 @@ pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
         outln!(
             "{:<22} {:<34} {:>8} {:>9} {:>8} {:>7}",
-            "layer", "kernel", "MFLOP", "ms", "GFLOP/s", "%peak"
+            "layer",
+            "kernel",
+            "MFLOP",
+            "ms",
+            "GFLOP/s",
+            "%peak"
         );
     }
     for layer in all_layers() {
@@ -122,7 +127,12 @@ pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             outln!(
                 "{:<22} {:<34} {:>8.2} {:>9.4} {:>8.1} {:>6.1}%",
-                row.layer, row.kernel, row.mflop, row.ms, row.gflops, row.pct_peak
+                row.layer,
+                row.kernel,
+                row.mflop,
+                row.ms,
+                row.gflops,
+                row.pct_peak
             );
         }
     }
