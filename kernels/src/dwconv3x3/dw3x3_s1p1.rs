@@ -22,7 +22,8 @@
 //! Accumulators start from the bias; the activation is applied in registers
 //! before the store.
 //!
-//! Horizontal padding: `mask_l` / `mask_r` are bit masks (all-ones or zero per
+//! Horizontal padding: on the vectors that touch a plane edge (`EDGE`, a
+//! compile-time bit set), `mask_l` / `mask_r` are bit masks (all-ones or zero per
 //! lane) that clear the lanes whose tap falls left of column 0 or right of
 //! column `w-1` (those lanes read the neighbouring row). A bitwise AND clears a
 //! NaN too, so a NaN in a neighbouring row never leaks. Vertical padding is
@@ -39,6 +40,11 @@
 use crate::act::Act;
 use crate::lanes::{LANES, V, load_unchecked, store_unchecked};
 
+/// `EDGE` bit: the vector holds column 0, so its left taps are masked.
+pub const EDGE_LEFT: u8 = 1;
+/// `EDGE` bit: the vector holds column `w-1`, so its right taps are masked.
+pub const EDGE_RIGHT: u8 = 2;
+
 /// Computes one `R x LANES` output block; see the module docs.
 ///
 /// `in_off` is the index of `in[oy0][ox0]`, `w` the input row stride,
@@ -48,7 +54,7 @@ use crate::lanes::{LANES, V, load_unchecked, store_unchecked};
 /// If any of the preconditions in the module docs does not hold.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, A: Act>(
+pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, const EDGE: u8, A: Act>(
     k: &[V; 10],
     input: &[f32],
     in_off: usize,
@@ -80,11 +86,15 @@ pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, A: Act>
         // both by the entry asserts (first <= i <= last).
         let (l, c, r) = unsafe {
             (
-                load_unchecked(input, base - 1) & mask_l,
+                load_unchecked(input, base - 1),
                 load_unchecked(input, base),
-                load_unchecked(input, base + 1) & mask_r,
+                load_unchecked(input, base + 1),
             )
         };
+        // Masks only on the vectors that touch a plane edge (a compile-time
+        // choice): an AND costs an FP-pipe slot like an FMA does.
+        let l = if EDGE & EDGE_LEFT != 0 { l & mask_l } else { l };
+        let r = if EDGE & EDGE_RIGHT != 0 { r & mask_r } else { r };
         for (j, a) in acc.iter_mut().enumerate() {
             // Output row j uses input rows j..j+3, i.e. ky = i - j.
             if i >= j && i - j < 3 {

@@ -59,7 +59,7 @@ mod dw3x3_flat;
 mod dw3x3_s1p1;
 
 pub use dw3x3_flat::dw3x3_flat;
-pub use dw3x3_s1p1::dw3x3_s1p1_band;
+pub use dw3x3_s1p1::{EDGE_LEFT, EDGE_RIGHT, dw3x3_s1p1_band};
 
 use crate::act::Act;
 use crate::lanes::{LANES, V, load, load_partial, store};
@@ -536,7 +536,6 @@ pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     // column 0), `mr_last` clears the right tap of column w-1 in the row's last
     // vector (lane w-1 when w < LANES, lane LANES-1 when it is moved to end at w).
     let ones = f32::from_bits(u32::MAX);
-    let all = V::splat(ones);
     let mut m = [ones; LANES];
     m[0] = 0.0;
     let ml0 = V::new(m);
@@ -555,11 +554,11 @@ pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
             // LOOP 3: column vectors (the last one moved left to end at ow).
             for j in 0..ncol {
                 let ox0 = col_start(j, ow);
-                let ml = if ox0 == 0 { ml0 } else { all };
-                let mr = if j + 1 == ncol { mr_last } else { all };
+                let edge = if ox0 == 0 { EDGE_LEFT } else { 0 }
+                    | if j + 1 == ncol { EDGE_RIGHT } else { 0 };
                 let io = in_off + oy0 * w + ox0;
                 let oo = out_off + oy0 * ow + ox0;
-                s1_band::<A>(rows, top, bot, k, src, io, w, ml, mr, dst, oo, ow);
+                s1_band::<A>(rows, top, bot, edge, k, src, io, w, ml0, mr_last, dst, oo, ow);
             }
         }
     };
@@ -593,6 +592,7 @@ fn s1_band<A: Act>(
     rows: usize,
     top: bool,
     bot: bool,
+    edge: u8,
     k: &[V; 10],
     input: &[f32],
     io: usize,
@@ -605,7 +605,7 @@ fn s1_band<A: Act>(
 ) {
     macro_rules! go {
         ($r:literal) => {
-            s1_band_r::<$r, A>(top, bot, k, input, io, w, ml, mr, output, oo, ow)
+            s1_band_r::<$r, A>(top, bot, edge, k, input, io, w, ml, mr, output, oo, ow)
         };
     }
     match rows {
@@ -629,6 +629,7 @@ fn s1_band<A: Act>(
 fn s1_band_r<const R: usize, A: Act>(
     top: bool,
     bot: bool,
+    edge: u8,
     k: &[V; 10],
     input: &[f32],
     io: usize,
@@ -639,23 +640,29 @@ fn s1_band_r<const R: usize, A: Act>(
     oo: usize,
     ow: usize,
 ) {
+    macro_rules! go {
+        ($t:literal, $b:literal) => {
+            match edge {
+                0 => dw3x3_s1p1_band::<R, $t, $b, 0, A>(k, input, io, w, ml, mr, output, oo, ow),
+                EDGE_LEFT => dw3x3_s1p1_band::<R, $t, $b, EDGE_LEFT, A>(
+                    k, input, io, w, ml, mr, output, oo, ow,
+                ),
+                EDGE_RIGHT => dw3x3_s1p1_band::<R, $t, $b, EDGE_RIGHT, A>(
+                    k, input, io, w, ml, mr, output, oo, ow,
+                ),
+                _ => dw3x3_s1p1_band::<R, $t, $b, 3, A>(k, input, io, w, ml, mr, output, oo, ow),
+            }
+        };
+    }
     if R < MIN_MULTI_BAND {
         assert!(top && bot, "short band inside a plane");
-        return dw3x3_s1p1_band::<R, true, true, A>(k, input, io, w, ml, mr, output, oo, ow);
+        return go!(true, true);
     }
     match (top, bot) {
-        (false, false) => {
-            dw3x3_s1p1_band::<R, false, false, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        (true, false) => {
-            dw3x3_s1p1_band::<R, true, false, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        (false, true) => {
-            dw3x3_s1p1_band::<R, false, true, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
-        (true, true) => {
-            dw3x3_s1p1_band::<R, true, true, A>(k, input, io, w, ml, mr, output, oo, ow)
-        }
+        (false, false) => go!(false, false),
+        (true, false) => go!(true, false),
+        (false, true) => go!(false, true),
+        (true, true) => go!(true, true),
     }
 }
 
