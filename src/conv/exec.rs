@@ -157,8 +157,17 @@ fn for_each_row_block(
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) {
     let blocks = m.div_ceil(conv1x1::MR);
-    let blocks_per_task =
-        if parallel { (blocks / (2 * rayon::current_num_threads())).max(1) } else { blocks };
+    // Each task streams the whole input panel once for all its blocks, so
+    // tasks hold as many blocks as balance allows: one task per thread when
+    // blocks are few (the stem's 6), two per thread otherwise.
+    let threads = rayon::current_num_threads();
+    let blocks_per_task = if !parallel {
+        blocks
+    } else if blocks <= 4 * threads {
+        blocks.div_ceil(threads)
+    } else {
+        (blocks / (2 * threads)).max(1)
+    };
     let chunk = blocks_per_task * conv1x1::MR * row_len;
     let c = &mut c[..m * row_len];
     if parallel && blocks > 1 {
