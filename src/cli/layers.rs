@@ -99,7 +99,7 @@ fn measure(
 
 /// Runs the layer table.
 pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = super::pool(args.threads)?;
+    let pool = super::timing_pool(args.threads)?;
     let threads = pool.current_num_threads();
     let peak = fma_peak_gflops(threads);
     if !args.json {

@@ -56,7 +56,7 @@ fn argmax(v: &[f32]) -> usize {
 
 /// Runs the main job.
 pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = super::pool(args.threads)?;
+    let pool = super::timing_pool(args.threads)?;
     let threads = pool.current_num_threads();
     let shape = [args.batch, 3, args.size, args.size];
     let config = MobileOneConfig::variant(args.variant);

@@ -60,6 +60,30 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// Builds a rayon pool with `threads` threads (0 = all cores), warmed up for
+/// timing (see [`warm_up`]).
+pub fn timing_pool(threads: usize) -> Result<rayon::ThreadPool, Box<dyn std::error::Error>> {
+    let pool = pool(threads)?;
+    warm_up(&pool);
+    Ok(pool)
+}
+
+/// Runs ~1 s of short fork-joins on `pool`. On the VM this was measured on, a
+/// fresh 2-thread pool ran at 1-thread speed for the first second or so:
+/// waking an idle worker (an idle virtual CPU) was slow until the host adapted
+/// to frequent wake-ups. Steady-state numbers need that second behind them.
+pub fn warm_up(pool: &rayon::ThreadPool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(1) {
+        pool.install(|| {
+            rayon::join(
+                || repconv_kernels::peak::fma_loop(2_000),
+                || repconv_kernels::peak::fma_loop(2_000),
+            )
+        });
+    }
+}
+
 /// Builds a rayon pool with `threads` threads (0 = all cores).
 pub fn pool(threads: usize) -> Result<rayon::ThreadPool, Box<dyn std::error::Error>> {
     let n = if threads == 0 {
@@ -67,5 +91,6 @@ pub fn pool(threads: usize) -> Result<rayon::ThreadPool, Box<dyn std::error::Err
     } else {
         threads
     };
-    Ok(rayon::ThreadPoolBuilder::new().num_threads(n).build()?)
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
+    Ok(pool)
 }

@@ -33,7 +33,7 @@ struct Series {
 
 /// Runs the sweep, prints the numbers and writes the plot.
 pub fn run(args: &SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = super::pool(args.threads)?;
+    let pool = super::timing_pool(args.threads)?;
     let threads = pool.current_num_threads();
     let blocks = [
         ("stem 3->48 @224 s2", BlockConfig::new(3, 48, 3).with_stride(2), 224),
