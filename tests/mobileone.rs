@@ -17,8 +17,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 
 use common::values;
 use proptest::prelude::*;
@@ -28,45 +26,6 @@ use repconv::mobileone::{
 };
 use repconv::{Error, Tensor, TensorView, TensorViewMut};
 use repconv_kernels::reference::{RefConv, conv2d_nchw_ref};
-
-// ---------------------------------------------------------------------------
-// An allocation counter for the calling thread only (other tests keep running
-// on their own threads), to show the steady-state forward allocates nothing.
-
-struct Counting;
-
-thread_local! {
-    static COUNT: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-// SAFETY: every method forwards to `System` unchanged; the counter only reads
-// and writes a thread-local `Cell` (no allocation, no re-entrancy).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = COUNT.try_with(|c| c.set(c.get().map(|n| n + 1)));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = COUNT.try_with(|c| c.set(c.get().map(|n| n + 1)));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// Allocations `f` makes on this thread.
-fn count_allocs(f: impl FnOnce()) -> usize {
-    COUNT.with(|c| c.set(Some(0)));
-    f();
-    COUNT.with(|c| c.replace(None)).unwrap_or(0)
-}
 
 // ---------------------------------------------------------------------------
 // Helpers.
@@ -448,26 +407,6 @@ fn seeded_networks_are_deterministic() {
     let other = MobileOne::random(c, 6).unwrap().forward(&x).unwrap();
     assert_eq!(a, b);
     assert_ne!(a, other);
-}
-
-#[test]
-fn steady_state_forward_allocates_nothing() {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let net =
-        MobileOne::random(MobileOneConfig::variant(Variant::S4).with_num_classes(10), 3).unwrap();
-    let fused = net.reparameterize().unwrap();
-    let x = Tensor::from_vec([2, 3, 32, 32], values(1, 2 * 3 * 1024)).unwrap();
-    let mut logits = Tensor::zeros([2, 10, 1, 1]).unwrap();
-    for model in [&net, &fused] {
-        let mut ws = Workspace::new();
-        // A one-thread pool, so every task runs on the thread being counted.
-        pool.install(|| {
-            model.forward_into(x.view(), logits.view_mut(), &mut ws).unwrap();
-            let n =
-                count_allocs(|| model.forward_into(x.view(), logits.view_mut(), &mut ws).unwrap());
-            assert_eq!(n, 0, "steady-state forward allocated {n} times");
-        });
-    }
 }
 
 // ---------------------------------------------------------------------------

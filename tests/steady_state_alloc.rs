@@ -1,8 +1,11 @@
 //! Steady state allocates nothing: after warm-up, `Conv2d::forward_into` on
-//! every kernel family, serial and split over a rayon pool, makes zero heap
-//! allocations per call (counted by an instrumented global allocator). This
-//! file holds one test so no other test's allocations run concurrently.
+//! every kernel family, serial and split over a rayon pool, and a whole
+//! MobileOne network's `forward_into` with its `Workspace` (both forms, S4 so
+//! squeeze-excitation is included) make zero heap allocations per call,
+//! counted by an instrumented global allocator over all threads. This file
+//! holds one test so no other test's allocations run concurrently.
 
+use repconv::mobileone::{MobileOne, MobileOneConfig, Variant, Workspace};
 use repconv::{Activation, Conv2d, Conv2dParams, Parallelism, Tensor};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
@@ -12,6 +15,11 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 #[test]
 fn forward_into_allocates_nothing_after_warm_up() {
+    convolutions_allocate_nothing();
+    networks_allocate_nothing();
+}
+
+fn convolutions_allocate_nothing() {
     let layers = [
         (Conv2dParams::new(32, 48, [1, 1]), [1, 32, 14, 15]),
         (Conv2dParams::new(8, 24, [3, 3]).with_padding([1, 1]), [2, 8, 17, 19]),
@@ -68,5 +76,32 @@ fn forward_into_allocates_nothing_after_warm_up() {
                 );
             });
         }
+    }
+}
+
+fn networks_allocate_nothing() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let net = MobileOne::random(MobileOneConfig::variant(Variant::S4).with_num_classes(10), 3).unwrap();
+    let fused = net.reparameterize().unwrap();
+    let x = Tensor::full([2, 3, 64, 64], 0.25).unwrap();
+    let mut logits = Tensor::zeros([2, 10, 1, 1]).unwrap();
+    for (form, model) in [("multi-branch", &net), ("fused", &fused)] {
+        let mut ws = Workspace::new();
+        pool.install(|| {
+            for _ in 0..3 {
+                model.forward_into(x.view(), logits.view_mut(), &mut ws).unwrap();
+            }
+            let region = Region::new(GLOBAL);
+            for _ in 0..3 {
+                model.forward_into(x.view(), logits.view_mut(), &mut ws).unwrap();
+            }
+            let change = region.change();
+            assert_eq!(
+                (change.allocations, change.reallocations),
+                (0, 0),
+                "{form} S4 forward_into allocated {} bytes in steady state",
+                change.bytes_allocated
+            );
+        });
     }
 }
