@@ -17,7 +17,6 @@
 
 mod common;
 
-
 use common::values;
 use proptest::prelude::*;
 use repconv::mobileone::{

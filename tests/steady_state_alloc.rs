@@ -81,7 +81,8 @@ fn convolutions_allocate_nothing() {
 
 fn networks_allocate_nothing() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    let net = MobileOne::random(MobileOneConfig::variant(Variant::S4).with_num_classes(10), 3).unwrap();
+    let net =
+        MobileOne::random(MobileOneConfig::variant(Variant::S4).with_num_classes(10), 3).unwrap();
     let fused = net.reparameterize().unwrap();
     let x = Tensor::full([2, 3, 64, 64], 0.25).unwrap();
     let mut logits = Tensor::zeros([2, 10, 1, 1]).unwrap();

@@ -6,6 +6,14 @@
 //! depend on the thread count.
 
 use rayon::prelude::*;
+use repconv_kernels::act::Act as _;
+
+/// ReLU with PyTorch's NaN semantics: `relu(NaN) = NaN` (`f32::max` would
+/// return 0), the same function the kernels' epilogue applies.
+#[inline(always)]
+pub(crate) fn relu_nan(x: f32) -> f32 {
+    repconv_kernels::act::Relu::apply_scalar(x)
+}
 
 /// Below this many elements a pass runs on the calling thread.
 const PAR_MIN_ELEMENTS: usize = 1 << 15;
@@ -32,7 +40,7 @@ pub(crate) fn affine_inplace(y: &mut [f32], hw: usize, scale: &[f32], shift: &[f
     each_plane(y, hw, |p, plane| {
         let (s, b) = (scale[p % c], shift[p % c]);
         if relu {
-            plane.iter_mut().for_each(|v| *v = v.mul_add(s, b).max(0.0));
+            plane.iter_mut().for_each(|v| *v = relu_nan(v.mul_add(s, b)));
         } else {
             plane.iter_mut().for_each(|v| *v = v.mul_add(s, b));
         }
@@ -54,7 +62,7 @@ pub(crate) fn affine_accumulate(
         let (s, b) = (scale[p % c], shift[p % c]);
         let xs = &x[p * hw..(p + 1) * hw];
         if relu {
-            plane.iter_mut().zip(xs).for_each(|(a, &v)| *a = (*a + v.mul_add(s, b)).max(0.0));
+            plane.iter_mut().zip(xs).for_each(|(a, &v)| *a = relu_nan(*a + v.mul_add(s, b)));
         } else {
             plane.iter_mut().zip(xs).for_each(|(a, &v)| *a += v.mul_add(s, b));
         }
@@ -94,7 +102,7 @@ pub(crate) fn scale_planes(y: &mut [f32], hw: usize, s: &[f32], relu: bool) {
     each_plane(y, hw, |p, plane| {
         let f = s[p];
         if relu {
-            plane.iter_mut().for_each(|v| *v = (*v * f).max(0.0));
+            plane.iter_mut().for_each(|v| *v = relu_nan(*v * f));
         } else {
             plane.iter_mut().for_each(|v| *v *= f);
         }

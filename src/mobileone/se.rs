@@ -140,7 +140,7 @@ impl SqueezeExcite {
         ops::plane_means(y, hw, gates);
         for g in gates.chunks_exact_mut(c) {
             ops::matvec(&self.fc1_weight, &self.fc1_bias, g, hidden);
-            hidden.iter_mut().for_each(|v| *v = v.max(0.0));
+            hidden.iter_mut().for_each(|v| *v = ops::relu_nan(*v));
             ops::matvec(&self.fc2_weight, &self.fc2_bias, hidden, g);
             g.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
         }
