@@ -117,3 +117,124 @@ fn tensor_constructors_reject_bad_data() {
     ));
     assert!(matches!(TensorView::new([usize::MAX, 2, 1, 1], &[]), Err(Error::TooLarge { .. })));
 }
+
+// ---------------------------------------------------------------------------
+// Blocks, networks, loaders and the CLI.
+
+use repconv::mobileone::{
+    BlockConfig, MobileOne, MobileOneBlock, MobileOneConfig, SplitMix64, Variant, Workspace,
+};
+use repconv::weights::{LoadOptions, load_bytes, to_bytes};
+
+#[test]
+fn blocks_reject_bad_configs_and_inputs() {
+    let mut rng = SplitMix64::new(1);
+    let bad_configs = [
+        ("zero channels", BlockConfig::new(0, 8, 3)),
+        ("kernel 2", BlockConfig::new(8, 8, 2)),
+        ("groups not dividing", BlockConfig::new(8, 8, 3).with_groups(3)),
+        ("stride 0", BlockConfig::new(8, 8, 3).with_stride(0)),
+    ];
+    for (label, config) in bad_configs {
+        assert!(MobileOneBlock::random(config, &mut rng).is_err(), "{label}");
+    }
+    let block =
+        MobileOneBlock::random(BlockConfig::new(8, 8, 3).with_branches(2), &mut rng).unwrap();
+    let fused = block.reparameterize().unwrap();
+    let wrong_channels = Tensor::zeros([1, 7, 5, 5]).unwrap();
+    assert!(matches!(block.forward(&wrong_channels), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(fused.forward(&wrong_channels), Err(Error::ShapeMismatch { .. })));
+    let x = Tensor::zeros([1, 8, 5, 5]).unwrap();
+    let mut out = vec![0.0; 8 * 4 * 4];
+    let view = TensorViewMut::new([1, 8, 4, 4], &mut out).unwrap();
+    assert!(block.forward_into(x.view(), view, &mut Workspace::new()).is_err());
+}
+
+#[test]
+fn networks_reject_bad_inputs() {
+    let net =
+        MobileOne::random(MobileOneConfig::variant(Variant::S0).with_num_classes(5), 1).unwrap();
+    assert!(matches!(
+        net.forward(&Tensor::zeros([1, 4, 32, 32]).unwrap()),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    // A 16x16 input is valid (the last stages run on 1x1 planes), but the
+    // logits view must have the batch's shape.
+    let x = Tensor::zeros([2, 3, 16, 16]).unwrap();
+    let mut logits = vec![0.0; 5];
+    let view = TensorViewMut::new([1, 5, 1, 1], &mut logits).unwrap();
+    assert!(matches!(
+        net.forward_into(x.view(), view, &mut Workspace::new()),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(
+        MobileOne::random(MobileOneConfig::variant(Variant::S1).with_num_classes(0), 1).is_err()
+    );
+}
+
+#[test]
+fn loaders_reject_corrupt_files_without_panicking() {
+    let net =
+        MobileOne::random(MobileOneConfig::variant(Variant::S0).with_num_classes(3), 2).unwrap();
+    let good = to_bytes(&net).unwrap();
+    assert!(load_bytes(&good, &LoadOptions::default()).is_ok());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("garbage", b"this is not a safetensors file at all".to_vec()),
+        ("header length past the end", {
+            let mut b = good.clone();
+            b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+            b
+        }),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        (
+            "header only",
+            good[..8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize].to_vec(),
+        ),
+    ];
+    for (label, bytes) in cases {
+        let err = load_bytes(&bytes, &LoadOptions::default()).expect_err(label);
+        assert!(!err.to_string().is_empty() && !err.to_string().contains('\n'), "{label}: {err}");
+    }
+    // The wrong variant for the tensors: a typed error naming a tensor.
+    let err =
+        load_bytes(&good, &LoadOptions { variant: Some(Variant::S2), ..LoadOptions::default() })
+            .unwrap_err();
+    assert!(err.to_string().contains("stem") || err.to_string().contains("stages"), "{err}");
+}
+
+#[test]
+fn cli_bad_input_is_one_line_and_a_nonzero_exit() {
+    let dir = std::env::temp_dir().join(format!("repconv-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a checkpoint").unwrap();
+    let out = dir.join("out.safetensors");
+    let g = garbage.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["info", "--weights", g],
+        vec!["reparam", "--weights", g, "--out", o],
+        vec!["run", "--weights", g, "--input", g, "--output", o],
+        vec!["info", "--weights", "/nonexistent/model.safetensors"],
+        vec!["--variant", "s9"],
+        vec!["layers", "--threads", "many"],
+    ];
+    for args in cases {
+        let run =
+            std::process::Command::new(env!("CARGO_BIN_EXE_repconv")).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{args:?} succeeded");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.trim().is_empty(), "{args:?}: no message");
+        assert!(!out.exists(), "{args:?} left an output file behind");
+        if args[0] != "--variant" && args[0] != "layers" {
+            // Our own errors are one line; clap's usage errors are clap's.
+            assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

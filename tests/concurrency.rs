@@ -87,3 +87,63 @@ fn one_conv_shared_by_eight_threads() {
         });
     }
 }
+
+/// Small networks (S0 with k = 4 branches, S4 with squeeze-excitation) in both
+/// forms.
+fn networks() -> Vec<(String, repconv::mobileone::MobileOne)> {
+    use repconv::mobileone::{MobileOne, MobileOneConfig, Variant};
+    let mut out = Vec::new();
+    for variant in [Variant::S0, Variant::S4] {
+        let net =
+            MobileOne::random(MobileOneConfig::variant(variant).with_num_classes(10), 5).unwrap();
+        let fused = net.reparameterize().unwrap();
+        out.push((format!("{variant:?} multi-branch"), net));
+        out.push((format!("{variant:?} fused"), fused));
+    }
+    out
+}
+
+#[test]
+fn networks_give_the_same_bits_for_any_thread_count() {
+    let x = Tensor::from_vec([2, 3, 48, 48], values(77, 2 * 3 * 48 * 48)).unwrap();
+    for (name, net) in networks() {
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let want = bits(&one.install(|| net.forward(&x).unwrap()));
+        for threads in [2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            assert_eq!(
+                bits(&pool.install(|| net.forward(&x).unwrap())),
+                want,
+                "{name}, {threads} threads"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_network_shared_by_eight_threads() {
+    for (name, net) in networks() {
+        let inputs: Vec<Tensor> = (0..8)
+            .map(|t| Tensor::from_vec([1, 3, 40, 40], values(500 + t, 3 * 40 * 40)).unwrap())
+            .collect();
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let want: Vec<Vec<u32>> =
+            inputs.iter().map(|x| bits(&one.install(|| net.forward(x).unwrap()))).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = inputs
+                .iter()
+                .map(|x| {
+                    let net = &net;
+                    s.spawn(move || {
+                        (0..2).map(|_| bits(&net.forward(x).unwrap())).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for (h, want) in handles.into_iter().zip(&want) {
+                for got in h.join().unwrap() {
+                    assert_eq!(&got, want, "{name}");
+                }
+            }
+        });
+    }
+}
