@@ -208,6 +208,8 @@ impl<'a> TensorView<'a> {
 
     /// Copies the view into an owned tensor.
     pub fn to_tensor(&self) -> Tensor {
+        // `TensorView::new` already checked this shape (non-zero, no overflow,
+        // within MAX_ELEMENTS), so `zeros` cannot fail.
         let mut t = Tensor::zeros(self.shape).expect("view shape already validated");
         t.as_mut_slice().copy_from_slice(self.data);
         t

@@ -114,6 +114,8 @@ fn run_gemm<A: Act>(
     let [_, cout, oh, ow] = output.shape();
     let npix = oh * ow;
     let (m, k) = (p.out_per_group(), gemm_k(p));
+    // `pack` computed this same length with checked arithmetic when the
+    // Conv2d was built (and returned an error if it overflowed).
     let group_packed = conv1x1::packed_len(m, k).expect("checked when packing");
     let direct = conv.plan.family() == Family::Conv1x1;
     let x = input.as_slice();
