@@ -10,20 +10,11 @@ use repconv::shapes::all_layers;
 use repconv::{Activation, Conv2d, Parallelism, Tensor};
 use std::hint::black_box;
 
-fn seeded(len: usize, seed: u32) -> Vec<f32> {
-    (0..len)
-        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
-        .collect()
-}
-
 fn kernels(c: &mut Criterion) {
     for layer in all_layers() {
         let params = layer.params();
         let shape = layer.input_shape();
-        let weights: Vec<f32> =
-            seeded(params.weight_len().unwrap(), 1).iter().map(|w| w * 0.1).collect();
-        let bias = seeded(layer.cout, 2);
-        let input = Tensor::from_vec(shape, seeded(shape.iter().product(), 3)).unwrap();
+        let (weights, bias, input) = layer.example_data().unwrap();
         let flops = params.flops(shape).unwrap();
         let family = if layer.groups > 1 {
             "dw3x3"
@@ -65,10 +56,7 @@ fn threads(c: &mut Criterion) {
     for layer in all_layers().filter(|l| picks.contains(&l.name)) {
         let params = layer.params();
         let shape = layer.input_shape();
-        let weights: Vec<f32> =
-            seeded(params.weight_len().unwrap(), 1).iter().map(|w| w * 0.1).collect();
-        let bias = seeded(layer.cout, 2);
-        let input = Tensor::from_vec(shape, seeded(shape.iter().product(), 3)).unwrap();
+        let (weights, bias, input) = layer.example_data().unwrap();
         group.throughput(Throughput::Elements(params.flops(shape).unwrap()));
         for choice in [KernelChoice::Auto, KernelChoice::General] {
             let conv = Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)

@@ -5,6 +5,7 @@
 //! (RepVGG-style) and depthwise extremes.
 
 use crate::conv::Conv2dParams;
+use crate::tensor::Tensor;
 
 /// One benchmarked layer: geometry, input size and how often it occurs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,24 @@ impl LayerShape {
     pub fn input_shape(&self) -> [usize; 4] {
         [1, self.cin, self.hw, self.hw]
     }
+
+    /// Deterministic example data for timing this layer: OIHW weights in
+    /// [-0.1, 0.1], a bias and a batch-1 input in [-1, 1]. The CLI's `layers`
+    /// table and the criterion benches time the same numbers.
+    pub fn example_data(&self) -> crate::Result<(Vec<f32>, Vec<f32>, Tensor)> {
+        let weights = seeded(self.params().weight_len()?, 1).iter().map(|w| w * 0.1).collect();
+        let bias = seeded(self.cout, 2);
+        let shape = self.input_shape();
+        let input = Tensor::from_vec(shape, seeded(shape.iter().product(), 3))?;
+        Ok((weights, bias, input))
+    }
+}
+
+/// Values in [-1, 1] from a multiplicative hash of the index (no RNG state).
+fn seeded(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
 }
 
 /// Table-row constructor, positional to keep the tables one line per layer.

@@ -52,12 +52,6 @@ struct Row {
     pct_peak: f64,
 }
 
-fn seeded(len: usize, seed: u32) -> Vec<f32> {
-    (0..len)
-        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
-        .collect()
-}
-
 fn measure(
     layer: &LayerShape,
     args: &LayersArgs,
@@ -65,16 +59,17 @@ fn measure(
     peak: f64,
 ) -> Result<Row, repconv::Error> {
     let params = layer.params();
-    let weights: Vec<f32> = seeded(params.weight_len()?, 1).iter().map(|w| w * 0.1).collect();
-    let bias = seeded(layer.cout, 2);
+    let (weights, bias, input) = layer.example_data()?;
     let choice = if args.general { KernelChoice::General } else { KernelChoice::Auto };
     let conv = Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)?;
     let shape = layer.input_shape();
-    let input = Tensor::from_vec(shape, seeded(shape.iter().product(), 3))?;
     let mut output = Tensor::zeros(conv.output_shape(shape)?)?;
     let flops = params.flops(shape)? as f64;
+    // One checked run first: the timed runs repeat it on the same tensors, so
+    // their `expect` cannot fire.
+    conv.forward_into(input.view(), output.view_mut())?;
     let ms = median_ms(3, args.runs, || {
-        conv.forward_into(input.view(), output.view_mut()).expect("validated shapes");
+        conv.forward_into(input.view(), output.view_mut()).expect("ran above on the same tensors");
     });
     let gflops = flops / ms / 1e6;
     let [_, _, h, w] = shape;
@@ -101,7 +96,7 @@ fn measure(
 pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
     let pool = super::timing_pool(args.threads)?;
     let threads = pool.current_num_threads();
-    let peak = fma_peak_gflops(threads);
+    let peak = fma_peak_gflops(threads)?;
     if !args.json {
         outln!(
             "repconv layers: {threads} thread(s), {} lanes, in-process FMA peak {peak:.1} GFLOP/s",

@@ -277,11 +277,8 @@ impl MobileOneBlock {
         } else {
             None
         };
-        let attn = if config.use_se {
-            Some(SqueezeExcite::random(config.out_channels, rng)?)
-        } else {
-            None
-        };
+        let attn =
+            config.use_se.then(|| SqueezeExcite::random(config.out_channels, rng)).transpose()?;
         MobileOneBlock::from_parts(config, conv_kxk, conv_scale, identity, attn)
     }
 
@@ -324,11 +321,8 @@ impl MobileOneBlock {
         } else {
             None
         };
-        let attn = if config.use_se {
-            Some(SqueezeExcite::random(config.out_channels, rng)?)
-        } else {
-            None
-        };
+        let attn =
+            config.use_se.then(|| SqueezeExcite::random(config.out_channels, rng)).transpose()?;
         MobileOneBlock::from_parts(config, conv_kxk, conv_scale, identity, attn)
     }
 
