@@ -103,6 +103,15 @@ pub enum Error {
         /// The operating system's message.
         reason: String,
     },
+    /// The requested instruction set is unknown or this CPU lacks it (from
+    /// `REPCONV_ISA` or [`crate::Isa::from_name`]).
+    Isa(crate::IsaError),
+}
+
+impl From<crate::IsaError> for Error {
+    fn from(e: crate::IsaError) -> Self {
+        Error::Isa(e)
+    }
 }
 
 impl Error {
@@ -151,6 +160,7 @@ impl fmt::Display for Error {
                 write!(f, "not a safetensors file: {}", reason.replace('\n', " "))
             }
             Error::Io { path, reason } => write!(f, "{path}: {reason}"),
+            Error::Isa(e) => write!(f, "{e}"),
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod weights;
 
 pub use conv::{Activation, Conv2d, Conv2dParams, Parallelism};
 pub use error::{Error, Result};
+pub use repconv_kernels::ISA_ENV;
 pub use tensor::{Tensor, TensorView, TensorViewMut};
 
 /// The largest number of elements any tensor, weight buffer or workspace the
@@ -47,10 +48,10 @@ pub use tensor::{Tensor, TensorView, TensorViewMut};
 /// [`Error::TooLarge`] instead of attempting the allocation.
 pub const MAX_ELEMENTS: usize = 1 << 31;
 
-/// The SIMD width this build was compiled for, e.g. `"x16"` (AVX-512) or `"x8"`.
-pub fn simd_lanes_name() -> &'static str {
-    repconv_kernels::lanes::LANES_NAME
-}
+/// Instruction sets: [`Isa::best`] is what this CPU runs by default,
+/// [`Isa::available`] lists the others, [`Isa::from_name`] picks one by name,
+/// and [`Conv2d::with_isa`] (or the networks' `with_isa`) applies it.
+pub use repconv_kernels::{Isa, IsaError, IsaKind};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

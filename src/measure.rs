@@ -21,18 +21,22 @@ pub fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-/// The f32 FMA peak of `threads` threads of this build, in GFLOP/s: every
-/// thread of a fresh rayon pool runs the `repconv_kernels::peak` loop; the
-/// best of five 20 ms rounds is reported. Fails only if the operating system
-/// refuses to start the threads.
-pub fn fma_peak_gflops(threads: usize) -> Result<f64, rayon::ThreadPoolBuildError> {
+/// The f32 FMA peak of `threads` threads with `isa`'s vectors, in GFLOP/s:
+/// every thread of a fresh rayon pool runs the `repconv_kernels::peak` loop;
+/// the best of five 20 ms rounds is reported. Fails only if the operating
+/// system refuses to start the threads.
+pub fn fma_peak_gflops(
+    isa: repconv_kernels::Isa,
+    threads: usize,
+) -> Result<f64, rayon::ThreadPoolBuildError> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build()?;
     // ~20 ms per round at 250 GFLOP/s per thread.
-    let iters = 10_000_000 / (repconv_kernels::lanes::LANES as u64 / 8);
+    let iters = 10_000_000 / (isa.lanes() as u64 / 8);
     let mut best = 0.0f64;
     for _ in 0..5 {
         let t = Instant::now();
-        let flops: u64 = pool.broadcast(|_| repconv_kernels::peak::fma_loop(iters)).iter().sum();
+        let flops: u64 =
+            pool.broadcast(|_| repconv_kernels::peak::fma_loop(isa, iters)).iter().sum();
         best = best.max(flops as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
     Ok(best)

@@ -25,11 +25,15 @@ pub struct LayersArgs {
     /// Only layers whose name contains this text.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Instruction set: avx512, avx2, portable or best (default: $REPCONV_ISA,
+    /// else the best this CPU has).
+    #[arg(long)]
+    pub isa: Option<String>,
 }
 
 impl Default for LayersArgs {
     fn default() -> Self {
-        LayersArgs { threads: 1, runs: 30, json: false, general: false, filter: None }
+        LayersArgs { threads: 1, runs: 30, json: false, general: false, filter: None, isa: None }
     }
 }
 
@@ -37,6 +41,7 @@ impl Default for LayersArgs {
 struct Row {
     layer: &'static str,
     kernel: &'static str,
+    isa: &'static str,
     cin: usize,
     cout: usize,
     h: usize,
@@ -53,6 +58,7 @@ struct Row {
 }
 
 fn measure(
+    isa: repconv::Isa,
     layer: &LayerShape,
     args: &LayersArgs,
     threads: usize,
@@ -61,7 +67,8 @@ fn measure(
     let params = layer.params();
     let (weights, bias, input) = layer.example_data()?;
     let choice = if args.general { KernelChoice::General } else { KernelChoice::Auto };
-    let conv = Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)?;
+    let conv = Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)?
+        .with_isa(isa)?;
     let shape = layer.input_shape();
     let mut output = Tensor::zeros(conv.output_shape(shape)?)?;
     let flops = params.flops(shape)? as f64;
@@ -76,6 +83,7 @@ fn measure(
     Ok(Row {
         layer: layer.name,
         kernel: conv.kernel_name(),
+        isa: isa.name(),
         cin: layer.cin,
         cout: layer.cout,
         h,
@@ -96,11 +104,12 @@ fn measure(
 pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
     let pool = super::timing_pool(args.threads)?;
     let threads = pool.current_num_threads();
-    let peak = fma_peak_gflops(threads)?;
+    let isa = super::main_job::chosen_isa(args.isa.as_deref())?;
+    let peak = fma_peak_gflops(isa, threads)?;
     if !args.json {
         outln!(
-            "repconv layers: {threads} thread(s), {} lanes, in-process FMA peak {peak:.1} GFLOP/s",
-            repconv::simd_lanes_name()
+            "repconv layers: {threads} thread(s), ISA {isa} ({} lanes), in-process FMA peak {peak:.1} GFLOP/s",
+            isa.lanes()
         );
         outln!(
             "{:<22} {:<34} {:>8} {:>9} {:>8} {:>7}",
@@ -116,7 +125,7 @@ pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
         if args.filter.as_deref().is_some_and(|f| !layer.name.contains(f)) {
             continue;
         }
-        let row = pool.install(|| measure(layer, args, threads, peak))?;
+        let row = pool.install(|| measure(isa, layer, args, threads, peak))?;
         if args.json {
             outln!("{}", serde_json::to_string(&row)?);
         } else {

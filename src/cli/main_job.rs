@@ -32,11 +32,24 @@ pub struct MainArgs {
     /// Seed of the random weights and input.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Instruction set: avx512, avx2, portable or best (default: $REPCONV_ISA,
+    /// else the best this CPU has).
+    #[arg(long)]
+    pub isa: Option<String>,
+}
+
+/// The ISA named on the command line, else the process default.
+pub(crate) fn chosen_isa(name: Option<&str>) -> Result<repconv::Isa, repconv::IsaError> {
+    match name {
+        Some(n) => repconv::Isa::from_name(n),
+        None => repconv::Isa::from_env(),
+    }
 }
 
 #[derive(Serialize)]
 struct Report {
     variant: String,
+    isa: &'static str,
     size: usize,
     batch: usize,
     threads: usize,
@@ -60,8 +73,9 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
     let threads = pool.current_num_threads();
     let shape = [args.batch, 3, args.size, args.size];
     let config = MobileOneConfig::variant(args.variant);
+    let isa = chosen_isa(args.isa.as_deref())?;
     let (multi, fused, x) = pool.install(|| -> Result<_, repconv::Error> {
-        let multi = MobileOne::random(config, args.seed)?;
+        let multi = MobileOne::random(config, args.seed)?.with_isa(isa)?;
         let fused = multi.reparameterize()?;
         let mut rng = SplitMix64::new(args.seed ^ 0x5EED);
         let x = Tensor::from_vec(shape, rng.uniform_vec(shape.iter().product(), -1.0, 1.0))?;
@@ -104,9 +118,10 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
     });
     let flops = fused.flops(shape)? as f64;
     let multi_flops = multi.flops(shape)? as f64;
-    let peak = fma_peak_gflops(threads)?;
+    let peak = fma_peak_gflops(isa, threads)?;
     let report = Report {
         variant: args.variant.name().to_string(),
+        isa: isa.name(),
         size: args.size,
         batch: args.batch,
         threads,
@@ -124,13 +139,14 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     outln!(
-        "MobileOne-{} {}x{} batch {}: {} thread(s), {} lanes, in-process FMA peak {:.1} GFLOP/s",
+        "MobileOne-{} {}x{} batch {}: {} thread(s), ISA {} ({} lanes), in-process FMA peak {:.1} GFLOP/s",
         args.variant.name().to_uppercase(),
         args.size,
         args.size,
         args.batch,
         threads,
-        repconv::simd_lanes_name(),
+        isa,
+        isa.lanes(),
         peak
     );
     outln!(

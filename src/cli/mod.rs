@@ -77,8 +77,8 @@ pub fn warm_up(pool: &rayon::ThreadPool) {
     while start.elapsed() < std::time::Duration::from_secs(1) {
         pool.install(|| {
             rayon::join(
-                || repconv_kernels::peak::fma_loop(2_000),
-                || repconv_kernels::peak::fma_loop(2_000),
+                || repconv_kernels::peak::fma_loop(repconv::Isa::best(), 2_000),
+                || repconv_kernels::peak::fma_loop(repconv::Isa::best(), 2_000),
             )
         });
     }

@@ -6,11 +6,11 @@
 //! identical for any number of threads (and for `Parallelism::Serial`).
 
 use rayon::prelude::*;
-use repconv_kernels::act::{Act, Identity, Relu};
-use repconv_kernels::conv1x1::{self, Conv1x1Args, Rows, Strided};
+use repconv_kernels::conv1x1::{self, Conv1x1Args};
 use repconv_kernels::conv3x3;
-use repconv_kernels::dwconv1x1;
+use repconv_kernels::dwconv1x1::{self, Dw1x1Args};
 use repconv_kernels::dwconv3x3::{self, Dw3x3Args};
+use repconv_kernels::{Activation as Act, Isa};
 
 use super::params::Conv2dParams;
 use super::plan::{Family, Plan};
@@ -52,8 +52,9 @@ pub(super) fn pack(
         }
         Family::Conv1x1 | Family::General | Family::Conv3x3 => {
             let (m, k) = (p.out_per_group(), gemm_k(p));
+            let isa = plan.isa();
             let per_group =
-                conv1x1::packed_len(m, k).ok_or(Error::TooLarge { what: "packed weights" })?;
+                conv1x1::packed_len(isa, m, k).ok_or(Error::TooLarge { what: "packed weights" })?;
             let total = per_group
                 .checked_mul(p.groups)
                 .filter(|&t| t <= crate::MAX_ELEMENTS)
@@ -61,6 +62,7 @@ pub(super) fn pack(
             let mut packed = vec![0.0; total];
             for (g, dst) in packed.chunks_exact_mut(per_group).enumerate() {
                 conv1x1::pack_weights(
+                    isa,
                     &weights[g * m * k..(g + 1) * m * k],
                     bias.map(|b| &b[g * m..(g + 1) * m]),
                     m,
@@ -75,13 +77,10 @@ pub(super) fn pack(
 
 /// Runs a validated convolution (shapes already checked by the caller).
 pub(super) fn run(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_>) {
-    match conv.activation {
-        Activation::None => run_act::<Identity>(conv, input, output),
-        Activation::Relu => run_act::<Relu>(conv, input, output),
-    }
-}
-
-fn run_act<A: Act>(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_>) {
+    let act = match conv.activation {
+        Activation::None => Act::Identity,
+        Activation::Relu => Act::Relu,
+    };
     let p = &conv.params;
     let flops = p.flops(input.shape()).unwrap_or(u64::MAX);
     // Depthwise layers move as many bytes as they compute: a FLOP of theirs
@@ -94,17 +93,18 @@ fn run_act<A: Act>(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'
         && work >= conv.parallel_min_flops
         && rayon::current_num_threads() > 1;
     match conv.plan.family() {
-        Family::Conv1x1 | Family::General => run_gemm::<A>(conv, input, output, parallel),
-        Family::Conv3x3 => run_conv3x3::<A>(conv, input, output, parallel),
-        Family::Dw3x3 => run_dw3x3::<A>(conv, input, output, parallel),
-        Family::Dw1x1 => run_dw1x1::<A>(conv, input, output, parallel),
+        Family::Conv1x1 | Family::General => run_gemm(conv, act, input, output, parallel),
+        Family::Conv3x3 => run_conv3x3(conv, act, input, output, parallel),
+        Family::Dw3x3 => run_dw3x3(conv, act, input, output, parallel),
+        Family::Dw1x1 => run_dw1x1(conv, act, input, output, parallel),
     }
 }
 
 /// The 1x1 path (GEMM straight over the input) and the general path (im2col,
 /// then the same GEMM).
-fn run_gemm<A: Act>(
+fn run_gemm(
     conv: &Conv2d,
+    act: Act,
     input: TensorView<'_>,
     output: TensorViewMut<'_>,
     parallel: bool,
@@ -116,18 +116,19 @@ fn run_gemm<A: Act>(
     let (m, k) = (p.out_per_group(), gemm_k(p));
     // `pack` computed this same length with checked arithmetic when the
     // Conv2d was built (and returned an error if it overflowed).
-    let group_packed = conv1x1::packed_len(m, k).expect("checked when packing");
+    let isa = conv.plan.isa();
+    let group_packed = conv1x1::packed_len(isa, m, k).expect("checked when packing");
     let direct = conv.plan.family() == Family::Conv1x1;
     let x = input.as_slice();
     let y = output.into_slice();
 
     for (xb, yb) in x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * npix)) {
         if direct {
-            gemm_rows::<A, _>(&conv.packed, m, k, npix, xb, Strided(h * w), yb, parallel);
+            gemm_rows(isa, act, &conv.packed, m, k, npix, xb, h * w, yb, parallel);
         } else if p.groups == 1 {
             with_im2col(k * npix, |col| {
                 im2col(p, xb, [h, w], [oh, ow], col, parallel);
-                gemm_rows::<A, _>(&conv.packed, m, k, npix, col, Strided(npix), yb, parallel);
+                gemm_rows(isa, act, &conv.packed, m, k, npix, col, npix, yb, parallel);
             });
         } else {
             let cin_g = p.in_per_group();
@@ -136,7 +137,7 @@ fn run_gemm<A: Act>(
                 let pk = &conv.packed[g * group_packed..(g + 1) * group_packed];
                 with_im2col(k * npix, |col| {
                     im2col(p, xg, [h, w], [oh, ow], col, false);
-                    gemm_rows::<A, _>(pk, m, k, npix, col, Strided(npix), yg, false);
+                    gemm_rows(isa, act, pk, m, k, npix, col, npix, yg, false);
                 });
             };
             if parallel {
@@ -152,13 +153,15 @@ fn run_gemm<A: Act>(
 /// whole `MR` blocks and runs `f(first_block, rows)` on each, on rayon when
 /// `parallel`. The split never changes what any element's arithmetic is.
 fn for_each_row_block(
+    isa: Isa,
     c: &mut [f32],
     m: usize,
     row_len: usize,
     parallel: bool,
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) {
-    let blocks = m.div_ceil(conv1x1::MR);
+    let (mr, _) = conv1x1::tile(isa);
+    let blocks = m.div_ceil(mr);
     // Each task streams the whole input panel once for all its blocks, so
     // tasks hold as many blocks as balance allows: one task per thread when
     // blocks are few (the stem's 6), two per thread otherwise.
@@ -170,7 +173,7 @@ fn for_each_row_block(
     } else {
         (blocks / (2 * threads)).max(1)
     };
-    let chunk = blocks_per_task * conv1x1::MR * row_len;
+    let chunk = blocks_per_task * mr * row_len;
     let c = &mut c[..m * row_len];
     if parallel && blocks > 1 {
         c.par_chunks_mut(chunk).enumerate().for_each(|(t, ct)| f(t * blocks_per_task, ct));
@@ -182,36 +185,42 @@ fn for_each_row_block(
 /// `c[m][n] = A(bias + W · b)` for one group, split into row blocks of whole
 /// `MR` tiles when `parallel`.
 #[allow(clippy::too_many_arguments)]
-fn gemm_rows<A: Act, R: Rows + Sync>(
+fn gemm_rows(
+    isa: Isa,
+    act: Act,
     packed: &[f32],
     m: usize,
     k: usize,
     n: usize,
     b: &[f32],
-    rows: R,
+    ldb: usize,
     c: &mut [f32],
     parallel: bool,
 ) {
-    let block_len = (k + 1) * conv1x1::MR;
-    for_each_row_block(c, m, n, parallel, |first_block, ct| {
+    let block_len = (k + 1) * conv1x1::tile(isa).0;
+    // `pack` sized the packed weights, k * MR, with checked arithmetic; the
+    // panel is k * NR <= 8 k * MR floats.
+    let scratch = conv1x1::scratch_len(isa, k).expect("checked when packing");
+    for_each_row_block(isa, c, m, n, parallel, |first_block, ct| {
         let args = Conv1x1Args {
             m: ct.len() / n,
             k,
             n,
             packed: &packed[first_block * block_len..],
             b,
-            rows,
+            ldb,
             c: ct,
             ldc: n,
         };
-        with_panel(conv1x1::scratch_len(k), |s| conv1x1::conv1x1::<A, R>(args, s));
+        with_panel(scratch, |s| conv1x1::conv1x1(isa, act, args, s));
     });
 }
 
 /// The direct 3x3 path: pad and phase-split the input once per image, then
 /// every task runs the implicit GEMM over its block of output channels.
-fn run_conv3x3<A: Act>(
+fn run_conv3x3(
     conv: &Conv2d,
+    act: Act,
     input: TensorView<'_>,
     output: TensorViewMut<'_>,
     parallel: bool,
@@ -220,7 +229,8 @@ fn run_conv3x3<A: Act>(
     let [_, cout, oh, ow] = output.shape();
     let g = conv3x3::Geometry { cin, h, w, stride: conv.params.stride[0] };
     let k = g.k();
-    let block_len = (k + 1) * conv1x1::MR;
+    let isa = conv.plan.isa();
+    let block_len = (k + 1) * conv1x1::tile(isa).0;
     let x = input.as_slice();
     let y = output.into_slice();
     with_offsets(k, |offsets| {
@@ -236,12 +246,12 @@ fn run_conv3x3<A: Act>(
                     prepared[..slack.start]
                         .par_chunks_mut(g.plane_len())
                         .enumerate()
-                        .for_each(|(i, plane)| conv3x3::prepare_plane(&g, xb, i, plane));
+                        .for_each(|(i, plane)| conv3x3::prepare_plane(isa, &g, xb, i, plane));
                 } else {
-                    conv3x3::prepare_input(&g, xb, prepared);
+                    conv3x3::prepare_input(isa, &g, xb, prepared);
                 }
                 let prepared = &*prepared;
-                for_each_row_block(yb, cout, oh * ow, parallel, |first_block, ct| {
+                for_each_row_block(isa, yb, cout, oh * ow, parallel, |first_block, ct| {
                     let m = ct.len() / (oh * ow);
                     let args = conv3x3::Conv3x3Args {
                         geometry: g,
@@ -251,7 +261,7 @@ fn run_conv3x3<A: Act>(
                         offsets,
                         output: ct,
                     };
-                    conv3x3::conv3x3::<A>(args);
+                    conv3x3::conv3x3(isa, act, args);
                 });
             }
         });
@@ -260,8 +270,9 @@ fn run_conv3x3<A: Act>(
 
 /// The depthwise path: images x channel chunks, each chunk through the
 /// depthwise driver with its own scratch.
-fn run_dw3x3<A: Act>(
+fn run_dw3x3(
     conv: &Conv2d,
+    act: Act,
     input: TensorView<'_>,
     output: TensorViewMut<'_>,
     parallel: bool,
@@ -285,7 +296,8 @@ fn run_dw3x3<A: Act>(
     let x = input.as_slice();
     let y = output.into_slice();
     let packed = &conv.packed;
-    let scratch = dwconv3x3::scratch_len(h, w, stride);
+    let isa = conv.plan.isa();
+    let scratch = dwconv3x3::scratch_len(isa, h, w, stride);
     let task = |(t, yc): (usize, &mut [f32])| {
         // Task t covers channels [c0, c0 + len) of image b.
         let chunks_per_image = c / per_task;
@@ -298,9 +310,9 @@ fn run_dw3x3<A: Act>(
         let args = Dw3x3Args { channels: len, h, w, packed: pk, input: xs, output: yc };
         with_panel(scratch, |s| {
             if stride == 1 {
-                dwconv3x3::dw3x3_s1p1::<A>(args, s)
+                dwconv3x3::dw3x3_s1p1(isa, act, args, s)
             } else {
-                dwconv3x3::dw3x3_s2p1::<A>(args, s)
+                dwconv3x3::dw3x3_s2p1(isa, act, args, s)
             }
         });
     };
@@ -313,8 +325,9 @@ fn run_dw3x3<A: Act>(
 
 /// The depthwise 1x1 path: chunks of whole planes (batch and channels are
 /// one axis here, since every plane has its own weight).
-fn run_dw1x1<A: Act>(
+fn run_dw1x1(
     conv: &Conv2d,
+    act: Act,
     input: TensorView<'_>,
     output: TensorViewMut<'_>,
     parallel: bool,
@@ -332,7 +345,9 @@ fn run_dw1x1<A: Act>(
         let c0 = first % c;
         let xs = &x[first * h * w..(first + per_task) * h * w];
         let pk = &conv.packed[c0 * dwconv1x1::PACKED_PER_CHANNEL..];
-        dwconv1x1::dw1x1::<A>(per_task, h, w, stride, pk, xs, yc);
+        let args =
+            Dw1x1Args { channels: per_task, h, w, stride, packed: pk, input: xs, output: yc };
+        dwconv1x1::dw1x1(conv.plan.isa(), act, args);
     };
     if parallel {
         y.par_chunks_mut(per_task * oh * ow).enumerate().for_each(task);

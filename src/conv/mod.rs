@@ -10,6 +10,7 @@ pub use plan::{Family, KernelChoice, Plan};
 
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorView, TensorViewMut};
+use repconv_kernels::Isa;
 
 /// The activation fused into the convolution's store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,6 +53,11 @@ pub struct Conv2d {
 impl Conv2d {
     /// Validates `params`, checks `weights` (OIHW, `params.weight_len()` long)
     /// and `bias` (`out_channels` long), picks the kernel and packs the weights.
+    ///
+    /// The kernels are those of the process's default instruction set,
+    /// [`Isa::from_env`]: `REPCONV_ISA` if set, else the best this CPU has
+    /// ([`Conv2d::with_isa`] picks another). An unknown or unsupported
+    /// `REPCONV_ISA` is an [`Error::Isa`].
     pub fn new(
         params: Conv2dParams,
         weights: &[f32],
@@ -70,7 +76,7 @@ impl Conv2d {
         activation: Activation,
         choice: KernelChoice,
     ) -> Result<Conv2d> {
-        let plan = Plan::new(&params, choice)?;
+        let plan = Plan::new(&params, choice, Isa::from_env()?)?;
         let expected = params.weight_len()?;
         if weights.len() != expected {
             return Err(Error::LengthMismatch { what: "weights", expected, got: weights.len() });
@@ -95,6 +101,27 @@ impl Conv2d {
             bias: bias.map(<[f32]>::to_vec),
             packed,
         })
+    }
+
+    /// The same convolution on `isa`'s kernels (re-planned and re-packed: the
+    /// register tiles, and so the packed layout, differ between ISAs). Get an
+    /// `isa` from [`Isa::available`], [`Isa::from_name`] or [`Isa::best`].
+    pub fn with_isa(self, isa: Isa) -> Result<Conv2d> {
+        if isa == self.plan.isa() {
+            return Ok(self);
+        }
+        let choice = match self.plan.family() {
+            Family::General => KernelChoice::General,
+            _ => KernelChoice::Auto,
+        };
+        let plan = Plan::new(&self.params, choice, isa)?;
+        let packed = exec::pack(&self.params, &plan, &self.weights, self.bias.as_deref())?;
+        Ok(Conv2d { plan, packed, ..self })
+    }
+
+    /// The instruction set the kernels run with.
+    pub fn isa(&self) -> Isa {
+        self.plan.isa()
     }
 
     /// Sets whether this convolution may use rayon threads.
@@ -136,8 +163,8 @@ impl Conv2d {
         &self.plan
     }
 
-    /// The name of the kernel that runs, e.g. `conv1x1_8x48__x16` or
-    /// `general_im2col+conv1x1_8x48__x16`.
+    /// The name of the kernel that runs, e.g. `conv1x1_8x48__avx512` or
+    /// `general_im2col+conv1x1_6x16__avx2`.
     pub fn kernel_name(&self) -> &'static str {
         self.plan.kernel_name()
     }

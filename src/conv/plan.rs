@@ -1,10 +1,11 @@
-//! The planner: picks the kernel family for a convolution's geometry.
-//!
-//! `Plan::new` is pure apart from one knob, `REPCONV_FORCE_KERNEL=general`,
-//! read here only, which forces the general path (for tests and benches).
+//! The planner: picks the kernel family for a convolution's geometry, and the
+//! instantiation of it for the chosen instruction set. Pure: the ISA comes in
+//! as an argument (its process default, `REPCONV_ISA`, is read once per
+//! process by [`Isa::from_env`]).
 
 use super::params::Conv2dParams;
 use crate::error::Result;
+use repconv_kernels::{Isa, KernelInfo, Op, kernel_info};
 
 /// The kernel families a convolution can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,81 +30,29 @@ pub enum Family {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KernelChoice {
     /// The fastest kernel whose preconditions the geometry meets (the default).
-    /// `REPCONV_FORCE_KERNEL=general` in the environment turns this into `General`.
     #[default]
     Auto,
     /// Always the general im2col path (a baseline for benchmarks and tests).
     General,
 }
 
-/// The chosen kernel of one convolution.
+/// The chosen kernel of one convolution: family, ISA and registry entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
     family: Family,
-    name: &'static str,
+    isa: Isa,
+    info: &'static KernelInfo,
 }
 
-/// Name of the general path in this build.
-const GENERAL_NAME: &str = if cfg!(target_feature = "avx512f") {
-    "general_im2col+conv1x1_8x48__x16"
-} else {
-    "general_im2col+conv1x1_6x16__x8"
-};
-
 impl Plan {
-    /// Validates `params` and picks the kernel family.
-    pub fn new(params: &Conv2dParams, choice: KernelChoice) -> Result<Plan> {
+    /// Validates `params` and picks the kernel for `isa`.
+    pub fn new(params: &Conv2dParams, choice: KernelChoice, isa: Isa) -> Result<Plan> {
         params.validate()?;
-        let forced = std::env::var("REPCONV_FORCE_KERNEL").is_ok_and(|v| v == "general");
-        if choice == KernelChoice::General || forced {
-            return Ok(Plan { family: Family::General, name: GENERAL_NAME });
-        }
-        let p = params;
-        let plan =
-            if p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0] && p.groups == 1 {
-                Plan { family: Family::Conv1x1, name: repconv_kernels::conv1x1::NAME }
-            } else if p.kernel == [3, 3]
-                && p.padding == [1, 1]
-                && p.dilation == [1, 1]
-                && p.groups == 1
-                && (p.stride == [1, 1] || p.stride == [2, 2])
-            {
-                let name = if p.stride[0] == 1 {
-                    repconv_kernels::conv3x3::NAME_S1
-                } else {
-                    repconv_kernels::conv3x3::NAME_S2
-                };
-                Plan { family: Family::Conv3x3, name }
-            } else if p.kernel == [3, 3]
-                && p.padding == [1, 1]
-                && p.dilation == [1, 1]
-                && p.groups == p.in_channels
-                && p.groups == p.out_channels
-                && (p.stride == [1, 1] || p.stride == [2, 2])
-            {
-                let name = if p.stride[0] == 1 {
-                    repconv_kernels::dwconv3x3::NAME_S1
-                } else {
-                    repconv_kernels::dwconv3x3::NAME_S2
-                };
-                Plan { family: Family::Dw3x3, name }
-            } else if p.kernel == [1, 1]
-                && p.padding == [0, 0]
-                && p.groups == p.in_channels
-                && p.groups == p.out_channels
-                && p.groups > 1
-                && (p.stride == [1, 1] || p.stride == [2, 2])
-            {
-                let name = if p.stride[0] == 1 {
-                    repconv_kernels::dwconv1x1::NAME_S1
-                } else {
-                    repconv_kernels::dwconv1x1::NAME_S2
-                };
-                Plan { family: Family::Dw1x1, name }
-            } else {
-                Plan { family: Family::General, name: GENERAL_NAME }
-            };
-        Ok(plan)
+        let (family, op) = match choice {
+            KernelChoice::General => (Family::General, Op::General),
+            KernelChoice::Auto => specialised(params),
+        };
+        Ok(Plan { family, isa, info: kernel_info(op, isa) })
     }
 
     /// The kernel family.
@@ -111,8 +60,58 @@ impl Plan {
         self.family
     }
 
-    /// The kernel's name, as in the kernels registry (e.g. `conv1x1_8x48__x16`).
+    /// The instruction set the kernel runs with.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The kernel's name, as in the kernels registry (e.g. `conv1x1_8x48__avx512`).
     pub fn kernel_name(&self) -> &'static str {
-        self.name
+        self.info.name
+    }
+
+    /// The kernel's registry entry.
+    pub fn kernel(&self) -> &'static KernelInfo {
+        self.info
+    }
+}
+
+/// The specialised family (and registry op) whose preconditions `p` meets,
+/// or the general path.
+fn specialised(p: &Conv2dParams) -> (Family, Op) {
+    let stride = if p.stride == [1, 1] {
+        Some(1)
+    } else if p.stride == [2, 2] {
+        Some(2)
+    } else {
+        None
+    };
+    let depthwise = p.groups == p.in_channels && p.groups == p.out_channels;
+    let pick = |s1: Op, s2: Op| if stride == Some(1) { s1 } else { s2 };
+    if p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0] && p.groups == 1 {
+        (Family::Conv1x1, Op::Conv1x1)
+    } else if p.kernel == [3, 3]
+        && p.padding == [1, 1]
+        && p.dilation == [1, 1]
+        && p.groups == 1
+        && stride.is_some()
+    {
+        (Family::Conv3x3, pick(Op::Conv3x3S1, Op::Conv3x3S2))
+    } else if p.kernel == [3, 3]
+        && p.padding == [1, 1]
+        && p.dilation == [1, 1]
+        && depthwise
+        && stride.is_some()
+    {
+        (Family::Dw3x3, pick(Op::Dw3x3S1, Op::Dw3x3S2))
+    } else if p.kernel == [1, 1]
+        && p.padding == [0, 0]
+        && depthwise
+        && p.groups > 1
+        && stride.is_some()
+    {
+        (Family::Dw1x1, pick(Op::Dw1x1S1, Op::Dw1x1S2))
+    } else {
+        (Family::General, Op::General)
     }
 }

@@ -5,6 +5,7 @@
 use crate::conv::{Activation, Conv2d, Conv2dParams};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorView, TensorViewMut};
+use repconv_kernels::Isa;
 
 use super::batchnorm::BatchNorm2d;
 use super::ops;
@@ -174,6 +175,11 @@ impl ConvBn {
     /// The normalisation.
     pub fn bn(&self) -> &BatchNorm2d {
         &self.bn
+    }
+
+    /// The same branch on `isa`'s kernels.
+    pub fn with_isa(self, isa: Isa) -> Result<Self> {
+        Ok(ConvBn { conv: self.conv.with_isa(isa)?, ..self })
     }
 }
 
@@ -428,16 +434,29 @@ impl MobileOneBlock {
             ops::affine_accumulate(y.as_mut_slice(), x.as_slice(), hw, bn.scale(), bn.shift(), !se);
         }
         if let Some(attn) = &self.attn {
-            attn.apply(y.as_mut_slice(), shape, scratch, true);
+            attn.apply(self.isa(), y.as_mut_slice(), shape, scratch, true);
         }
         Ok(())
+    }
+
+    /// The instruction set the block's kernels run with.
+    pub fn isa(&self) -> Isa {
+        self.conv_kxk[0].conv.isa()
+    }
+
+    /// The same block on `isa`'s kernels.
+    pub fn with_isa(self, isa: Isa) -> Result<Self> {
+        let conv_kxk =
+            self.conv_kxk.into_iter().map(|b| b.with_isa(isa)).collect::<Result<Vec<_>>>()?;
+        let conv_scale = self.conv_scale.map(|b| b.with_isa(isa)).transpose()?;
+        Ok(MobileOneBlock { conv_kxk, conv_scale, ..self })
     }
 
     /// Folds every branch into one convolution with bias: each BN into its
     /// convolution, the 1x1 scale kernel zero-padded to kxk, the skip BN as a
     /// kxk identity kernel, all summed (in `f64`). The result has the same
-    /// stride, padding and groups, ReLU fused into the convolution (or, with
-    /// SE, the convolution without activation, then SE, then ReLU).
+    /// stride, padding, groups and ISA, ReLU fused into the convolution (or,
+    /// with SE, the convolution without activation, then SE, then ReLU).
     pub fn reparameterize(&self) -> Result<ReparamBlock> {
         let c = &self.config;
         let k = [c.kernel; 2];
@@ -452,7 +471,7 @@ impl MobileOneBlock {
             acc.add(&identity_kernel(c.out_channels, c.groups, [1, 1])?, [1, 1], bn);
         }
         let (weights, bias) = acc.finish();
-        ReparamBlock::new(*c, &weights, &bias, self.attn.clone())
+        ReparamBlock::new(*c, &weights, &bias, self.attn.clone())?.with_isa(self.isa())
     }
 }
 
@@ -560,9 +579,19 @@ impl ReparamBlock {
         self.reparam_conv.forward_into(x, y.reborrow())?;
         if let Some(attn) = &self.attn {
             let shape = y.shape();
-            attn.apply(y.as_mut_slice(), shape, scratch, true);
+            attn.apply(self.isa(), y.as_mut_slice(), shape, scratch, true);
         }
         Ok(())
+    }
+
+    /// The instruction set the block's kernels run with.
+    pub fn isa(&self) -> Isa {
+        self.reparam_conv.isa()
+    }
+
+    /// The same block on `isa`'s kernels.
+    pub fn with_isa(self, isa: Isa) -> Result<Self> {
+        Ok(ReparamBlock { reparam_conv: self.reparam_conv.with_isa(isa)?, ..self })
     }
 }
 
@@ -602,6 +631,22 @@ impl Block {
             Block::MultiBranch(b) => b.flops(input),
             Block::Reparam(b) => b.flops(input),
         }
+    }
+
+    /// The instruction set the block's kernels run with.
+    pub fn isa(&self) -> Isa {
+        match self {
+            Block::MultiBranch(b) => b.isa(),
+            Block::Reparam(b) => b.isa(),
+        }
+    }
+
+    /// The same block on `isa`'s kernels.
+    pub fn with_isa(self, isa: Isa) -> Result<Block> {
+        Ok(match self {
+            Block::MultiBranch(b) => Block::MultiBranch(b.with_isa(isa)?),
+            Block::Reparam(b) => Block::Reparam(b.with_isa(isa)?),
+        })
     }
 
     /// The fused form (a clone when already fused).

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorView, TensorViewMut};
+use repconv_kernels::Isa;
 
 use super::block::{Block, BlockConfig, MobileOneBlock};
 use super::ops;
@@ -260,8 +261,14 @@ impl Linear {
         &self.bias
     }
 
-    /// `y = W x + b` for one sample.
+    /// `y = W x + b` for one sample, with the process default ISA
+    /// ([`Isa::from_env`]).
     pub fn forward(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        self.forward_isa(Isa::from_env()?, x, y)
+    }
+
+    /// `y = W x + b` for one sample with `isa`'s dot product.
+    pub fn forward_isa(&self, isa: Isa, x: &[f32], y: &mut [f32]) -> Result<()> {
         if x.len() != self.in_features {
             return Err(Error::LengthMismatch {
                 what: "linear input",
@@ -276,7 +283,7 @@ impl Linear {
                 got: y.len(),
             });
         }
-        ops::matvec(&self.weight, &self.bias, x, y);
+        ops::matvec(isa, &self.weight, &self.bias, x, y);
         Ok(())
     }
 }
@@ -408,6 +415,23 @@ impl MobileOne {
         &self.head_fc
     }
 
+    /// The instruction set the network's kernels run with.
+    pub fn isa(&self) -> Isa {
+        self.stem.isa()
+    }
+
+    /// The same network on `isa`'s kernels (every convolution re-planned and
+    /// re-packed; see [`crate::Conv2d::with_isa`]).
+    pub fn with_isa(self, isa: Isa) -> Result<MobileOne> {
+        let stem = self.stem.with_isa(isa)?;
+        let stages = self
+            .stages
+            .into_iter()
+            .map(|s| s.into_iter().map(|b| b.with_isa(isa)).collect())
+            .collect::<Result<Vec<Vec<Block>>>>()?;
+        Ok(MobileOne { stem, stages, ..self })
+    }
+
     /// Every block with its timm module name: `stem`, then `stages.{s}.{i}`.
     pub fn blocks(&self) -> Vec<(String, &Block)> {
         let mut v = vec![("stem".to_string(), &self.stem)];
@@ -526,7 +550,7 @@ impl MobileOne {
         ops::plane_means(&src[..n * c * h * w], h * w, feats);
         let classes = self.config.num_classes;
         for (x, y) in feats.chunks_exact(c).zip(logits.as_mut_slice().chunks_exact_mut(classes)) {
-            self.head_fc.forward(x, y)?;
+            self.head_fc.forward_isa(self.isa(), x, y)?;
         }
         Ok(())
     }

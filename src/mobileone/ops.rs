@@ -1,18 +1,19 @@
 //! The elementwise passes of the multi-branch form (BN, branch sums, ReLU,
 //! squeeze-excitation scaling), written as plain loops that LLVM vectorises
-//! (`mul_add` lowers to FMA on FMA builds), split over `(n, c)` planes on
+//! (a multiply then an add: `f32::mul_add` would be a libm call per element in
+//! a build without FMA; these passes are memory-bound), split over `(n, c)` planes on
 //! rayon when the tensor is large enough to pay for the hand-off. Every
 //! element is computed by one task with the same arithmetic, so results do not
 //! depend on the thread count.
 
 use rayon::prelude::*;
-use repconv_kernels::act::Act as _;
+use repconv_kernels::Isa;
 
 /// ReLU with PyTorch's NaN semantics: `relu(NaN) = NaN` (`f32::max` would
 /// return 0), the same function the kernels' epilogue applies.
 #[inline(always)]
 pub(crate) fn relu_nan(x: f32) -> f32 {
-    repconv_kernels::act::Relu::apply_scalar(x)
+    repconv_kernels::act::relu(x)
 }
 
 /// Below this many elements a pass runs on the calling thread.
@@ -40,9 +41,9 @@ pub(crate) fn affine_inplace(y: &mut [f32], hw: usize, scale: &[f32], shift: &[f
     each_plane(y, hw, |p, plane| {
         let (s, b) = (scale[p % c], shift[p % c]);
         if relu {
-            plane.iter_mut().for_each(|v| *v = relu_nan(v.mul_add(s, b)));
+            plane.iter_mut().for_each(|v| *v = relu_nan(*v * s + b));
         } else {
-            plane.iter_mut().for_each(|v| *v = v.mul_add(s, b));
+            plane.iter_mut().for_each(|v| *v = *v * s + b);
         }
     });
 }
@@ -62,9 +63,9 @@ pub(crate) fn affine_accumulate(
         let (s, b) = (scale[p % c], shift[p % c]);
         let xs = &x[p * hw..(p + 1) * hw];
         if relu {
-            plane.iter_mut().zip(xs).for_each(|(a, &v)| *a = relu_nan(*a + v.mul_add(s, b)));
+            plane.iter_mut().zip(xs).for_each(|(a, &v)| *a = relu_nan(*a + (v * s + b)));
         } else {
-            plane.iter_mut().zip(xs).for_each(|(a, &v)| *a += v.mul_add(s, b));
+            plane.iter_mut().zip(xs).for_each(|(a, &v)| *a += v * s + b);
         }
     });
 }
@@ -111,34 +112,20 @@ pub(crate) fn scale_planes(y: &mut [f32], hw: usize, s: &[f32], relu: bool) {
 
 /// `y[o] = bias[o] + dot(w[o, ..], x)` for a row-major `w` of `y.len()` rows
 /// of `x.len()` columns (the SE 1x1 convolutions on pooled vectors and the
-/// linear head). `w.len()` must be `y.len() * x.len()`.
-pub(crate) fn matvec(w: &[f32], bias: &[f32], x: &[f32], y: &mut [f32]) {
+/// linear head), with `isa`'s dot product: chunks of 16 rows per task, each
+/// row's arithmetic the same whatever the split. `w.len()` must be
+/// `y.len() * x.len()`.
+pub(crate) fn matvec(isa: Isa, w: &[f32], bias: &[f32], x: &[f32], y: &mut [f32]) {
+    const ROWS: usize = 16;
     let k = x.len();
-    let row = |(o, out): (usize, &mut f32)| *out = bias[o] + dot(&w[o * k..(o + 1) * k], x);
+    let chunk = |(i, ys): (usize, &mut [f32])| {
+        let o = i * ROWS;
+        let rows = ys.len();
+        repconv_kernels::dot::matvec(isa, &w[o * k..(o + rows) * k], &bias[o..o + rows], x, ys);
+    };
     if parallel(w.len()) {
-        y.par_iter_mut().enumerate().with_min_len(16).for_each(row);
+        y.par_chunks_mut(ROWS).enumerate().for_each(chunk);
     } else {
-        y.iter_mut().enumerate().for_each(row);
+        y.chunks_mut(ROWS).enumerate().for_each(chunk);
     }
-}
-
-/// Dot product with four independent 16-lane accumulators: enough parallel
-/// FMA chains to hide their latency, so a row streams at load speed (the
-/// classifier head reads 4 MB of weights per image).
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    use wide::f32x16;
-    const W: usize = 64;
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [f32x16::ZERO; 4];
-    for (x, y) in a.chunks_exact(W).zip(b.chunks_exact(W)) {
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let xv = f32x16::from(&x[16 * j..16 * j + 16]);
-            let yv = f32x16::from(&y[16 * j..16 * j + 16]);
-            *acc = xv.mul_add(yv, *acc);
-        }
-    }
-    let full = n / W * W;
-    let tail: f32 = a[full..].iter().zip(&b[full..]).map(|(x, y)| x * y).sum();
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])).reduce_add() + tail
 }

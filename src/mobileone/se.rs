@@ -120,7 +120,8 @@ impl SqueezeExcite {
                 got: shape.to_vec(),
             });
         }
-        self.apply(x.as_mut_slice(), shape, &mut Scratch::default(), false);
+        let isa = repconv_kernels::Isa::from_env()?;
+        self.apply(isa, x.as_mut_slice(), shape, &mut Scratch::default(), false);
         Ok(())
     }
 
@@ -128,6 +129,7 @@ impl SqueezeExcite {
     /// checked), followed by ReLU when `relu` (fused into the scaling pass).
     pub(crate) fn apply(
         &self,
+        isa: repconv_kernels::Isa,
         y: &mut [f32],
         shape: [usize; 4],
         scratch: &mut Scratch,
@@ -139,9 +141,9 @@ impl SqueezeExcite {
         let hidden = grow(&mut scratch.hidden, self.rd_channels);
         ops::plane_means(y, hw, gates);
         for g in gates.chunks_exact_mut(c) {
-            ops::matvec(&self.fc1_weight, &self.fc1_bias, g, hidden);
+            ops::matvec(isa, &self.fc1_weight, &self.fc1_bias, g, hidden);
             hidden.iter_mut().for_each(|v| *v = ops::relu_nan(*v));
-            ops::matvec(&self.fc2_weight, &self.fc2_bias, hidden, g);
+            ops::matvec(isa, &self.fc2_weight, &self.fc2_bias, hidden, g);
             g.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
         }
         ops::scale_planes(y, hw, gates, relu);

@@ -1,7 +1,8 @@
 //! 1x1 convolution, stride 1, as a GEMM over the contiguous H*W axis:
 //! `C[m][n] = A(bias[m] + Σ_k W[m][k] · B[k][n])`, where `B` is the input
 //! (`k` = input channel, `n` = pixel) and `C` the output. The same driver runs
-//! the general path on an im2col matrix (`k` = input channel x kernel tap).
+//! the general path on an im2col matrix (`k` = input channel x kernel tap) and
+//! the direct 3x3 kernels (rows of `B` at tap offsets).
 //!
 //! # Packed weight layout (bias-first, one block per `MR` output channels)
 //! ```text
@@ -10,77 +11,90 @@
 //! ```
 //! Rows past `m` in the last block are zero, so a block is always full and the
 //! micro-kernel never branches on the M tail. A block is `(k + 1) * MR` floats.
+//! `MR` depends on the ISA ([`tile`]), so packed weights belong to one ISA.
 //!
 //! # Driver
 //! LOOP 1 walks `NR`-wide column tiles; LOOP 2 walks the `MR`-row blocks inside
 //! one column tile so the `k x NR` panel of `B` stays in L1 across blocks.
-//! Full tiles are stored straight into `C`; a column tail is first copied into a
-//! zero-padded panel (no garbage lanes, no reads past `B`), and any tail tile is
-//! computed into a stack tile of which only the valid part is copied out.
+//! Full tiles are stored straight into `C`; a column tail of whole vectors is
+//! read straight from `B`, its last 1-4 columns go through a GEMV along the
+//! channels, and other tails are copied into a zero-padded panel (no garbage
+//! lanes, no reads past `B`); any partial tile is computed into a stack tile of
+//! which only the valid part is copied out.
 
 #![allow(non_snake_case)]
 
 mod microkernel;
 
-pub use microkernel::{Rows, Strided, Table, conv1x1_tile};
+pub(crate) use microkernel::{Rows, Strided, Table, conv1x1_tile, fits};
 
-use crate::act::Act;
-use crate::lanes::LANES;
+use crate::act::{Act, Activation, with_act};
+use crate::isa::{Isa, Job, Vector, dispatch};
+use crate::lanes::Lanes;
 
-/// Output channels per register tile.
-#[cfg(target_feature = "avx512f")]
-pub const MR: usize = 8;
-/// Vectors per register-tile row (`NR = NRV * LANES` pixels).
-#[cfg(target_feature = "avx512f")]
-pub const NRV: usize = 3;
-/// Output channels per register tile.
-#[cfg(not(target_feature = "avx512f"))]
-pub const MR: usize = 6;
-/// Vectors per register-tile row (`NR = NRV * LANES` pixels).
-#[cfg(not(target_feature = "avx512f"))]
-pub const NRV: usize = 2;
-/// Pixels per register tile.
-pub const NR: usize = NRV * LANES;
+/// The largest register tile of any ISA, in floats (AVX-512: 8 x 48); sizes
+/// the stack tile tails are computed into.
+pub(crate) const MAX_TILE: usize = 8 * 48;
 
-/// The kernel's name, `conv1x1_<MR>x<NR>__<lanes>`.
-#[cfg(target_feature = "avx512f")]
-pub const NAME: &str = "conv1x1_8x48__x16";
-/// The kernel's name, `conv1x1_<MR>x<NR>__<lanes>`.
-#[cfg(not(target_feature = "avx512f"))]
-pub const NAME: &str = "conv1x1_6x16__x8";
-
-/// Length of the packed weights for `m` output rows and `k` reduction terms:
-/// `ceil(m / MR) * (k + 1) * MR`. `None` on overflow.
-pub fn packed_len(m: usize, k: usize) -> Option<usize> {
-    m.div_ceil(MR).checked_mul(k.checked_add(1)?)?.checked_mul(MR)
+/// The register tile `(MR, NR)` of `isa`: output channels x pixels.
+pub fn tile(isa: Isa) -> (usize, usize) {
+    struct TileOf;
+    impl Job for TileOf {
+        type Out = (usize, usize);
+        #[inline(always)]
+        fn run<V: Vector>(self) -> (usize, usize) {
+            (V::GEMM_MR, V::GEMM_NRV * V::LANES)
+        }
+    }
+    dispatch(isa, TileOf)
 }
 
-/// Length of the scratch buffer [`conv1x1`] needs for a reduction of `k`.
-pub fn scratch_len(k: usize) -> usize {
-    k * NR
+/// Length of the packed weights for `m` output rows and `k` reduction terms
+/// with `isa`'s tile: `ceil(m / MR) * (k + 1) * MR`. `None` on overflow.
+pub fn packed_len(isa: Isa, m: usize, k: usize) -> Option<usize> {
+    let (mr, _) = tile(isa);
+    m.div_ceil(mr).checked_mul(k.checked_add(1)?)?.checked_mul(mr)
+}
+
+/// Length of the scratch buffer [`conv1x1`] needs for a reduction of `k`
+/// with `isa` (`None` on overflow).
+pub fn scratch_len(isa: Isa, k: usize) -> Option<usize> {
+    k.checked_mul(tile(isa).1)
 }
 
 /// Packs row-major `weights[m][k]` and an optional `bias[m]` into `dst` in the
-/// layout documented at the top of this module.
+/// layout documented at the top of this module, for `isa`'s tile.
 ///
 /// # Panics
-/// If `weights.len() != m * k`, `bias` is not `m` long, or `dst.len() != packed_len(m, k)`.
-pub fn pack_weights(weights: &[f32], bias: Option<&[f32]>, m: usize, k: usize, dst: &mut [f32]) {
-    assert_eq!(weights.len(), m * k, "weights must be m * k");
+/// If `weights.len() != m * k`, `bias` is not `m` long, or
+/// `dst.len() != packed_len(isa, m, k)`.
+pub fn pack_weights(
+    isa: Isa,
+    weights: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    dst: &mut [f32],
+) {
+    let (mr, _) = tile(isa);
+    assert_eq!(Some(weights.len()), m.checked_mul(k), "weights must be m * k");
     if let Some(b) = bias {
         assert_eq!(b.len(), m, "bias must be m long");
     }
-    assert_eq!(Some(dst.len()), packed_len(m, k), "dst must be packed_len(m, k)");
-    for (blk, block) in dst.chunks_exact_mut((k + 1) * MR).enumerate() {
+    assert_eq!(Some(dst.len()), packed_len(isa, m, k), "dst must be packed_len(m, k)");
+    if dst.is_empty() {
+        return;
+    }
+    for (blk, block) in dst.chunks_exact_mut((k + 1) * mr).enumerate() {
         block.fill(0.0);
-        for r in 0..MR {
-            let row = blk * MR + r;
+        for r in 0..mr {
+            let row = blk * mr + r;
             if row >= m {
                 break;
             }
             block[r] = bias.map_or(0.0, |b| b[row]);
             for kk in 0..k {
-                block[MR + kk * MR + r] = weights[row * k + kk];
+                block[mr + kk * mr + r] = weights[row * k + kk];
             }
         }
     }
@@ -88,97 +102,155 @@ pub fn pack_weights(weights: &[f32], bias: Option<&[f32]>, m: usize, k: usize, d
 
 /// One 1x1-convolution (GEMM) problem on slices.
 #[derive(Debug)]
-pub struct Conv1x1Args<'a, R: Rows> {
+pub struct Conv1x1Args<'a> {
     /// Output rows (channels) to compute; `packed` holds `ceil(m / MR)` blocks.
     pub m: usize,
     /// Reduction length (input channels, or im2col rows).
     pub k: usize,
     /// Columns (pixels) per row.
     pub n: usize,
-    /// Packed weights, see the module docs.
+    /// Packed weights for the same ISA (see [`pack_weights`]).
     pub packed: &'a [f32],
-    /// Input matrix: row `kk` starts at `rows.at(kk)` and holds at least `n` values.
+    /// Input matrix: row `kk` starts at `kk * ldb` and holds at least `n` values.
     pub b: &'a [f32],
-    /// Where each row of `b` starts ([`Strided`] for a plain matrix).
-    pub rows: R,
+    /// Row stride of `b`, in elements.
+    pub ldb: usize,
     /// Output matrix: row `r` starts at `r * ldc` and receives `n` values.
     pub c: &'a mut [f32],
     /// Row stride of `c`, in elements.
     pub ldc: usize,
 }
 
-/// Computes `C = A(bias + W · B)` for the `m x n` output of `args`.
+/// Computes `C = act(bias + W · B)` for the `m x n` output of `args` with
+/// `isa`'s kernel (`conv1x1_<MR>x<NR>__<isa>`).
 ///
-/// Writes exactly `c[r * ldc + j]` for `r < m`, `j < n`; nothing else.
+/// Writes exactly `c[r * ldc + j]` for `r < m`, `j < n`; nothing else, and
+/// reads nothing outside the slices. Does not allocate.
 ///
 /// # Panics
-/// If any slice is shorter than the shapes imply, `ldc < n`, or
-/// `scratch.len() < scratch_len(k)`.
-pub fn conv1x1<A: Act, R: Rows>(args: Conv1x1Args<'_, R>, scratch: &mut [f32]) {
-    let Conv1x1Args { m, k, n, packed, b, rows: brows, c, ldc } = args;
+/// If any slice is shorter than the shapes imply, `ldc < n`, the sizes
+/// overflow, or `scratch.len() < scratch_len(isa, k)`.
+pub fn conv1x1(isa: Isa, act: Activation, args: Conv1x1Args<'_>, scratch: &mut [f32]) {
+    let Conv1x1Args { m, k, n, packed, b, ldb, c, ldc } = args;
+    let args = GemmArgs { m, k, n, packed, b, rows: Strided(ldb), c, ldc };
+    gemm_dispatch(isa, act, args, scratch);
+}
+
+/// [`conv1x1`] with any crate-private row layout.
+pub(crate) fn gemm_dispatch<R: Rows>(
+    isa: Isa,
+    act: Activation,
+    args: GemmArgs<'_, R>,
+    scratch: &mut [f32],
+) {
+    struct Run<'a, 'b, A, R: Rows>(GemmArgs<'a, R>, &'b mut [f32], core::marker::PhantomData<A>);
+    impl<A: Act, R: Rows> Job for Run<'_, '_, A, R> {
+        type Out = ();
+        #[inline(always)]
+        fn run<V: Vector>(self) {
+            gemm::<V, A, R>(self.0, self.1)
+        }
+    }
+    fn go<A: Act, R: Rows>(isa: Isa, args: GemmArgs<'_, R>, scratch: &mut [f32]) {
+        dispatch(isa, Run::<A, R>(args, scratch, core::marker::PhantomData))
+    }
+    with_act!(act, go::<_, R>(isa, args, scratch))
+}
+
+/// A GEMM problem whose `B` rows start at `rows.at(kk)` (see [`Conv1x1Args`]).
+#[derive(Debug)]
+pub(crate) struct GemmArgs<'a, R: Rows> {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub packed: &'a [f32],
+    pub b: &'a [f32],
+    pub rows: R,
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+}
+
+/// The GEMM with `V`'s register tile.
+#[inline(always)]
+pub(crate) fn gemm<V: Vector, A: Act, R: Rows>(args: GemmArgs<'_, R>, scratch: &mut [f32]) {
+    match (V::GEMM_MR, V::GEMM_NRV) {
+        (8, 3) => drive::<V, 8, 3, A, R>(args, scratch),
+        (6, 2) => drive::<V, 6, 2, A, R>(args, scratch),
+        _ => unreachable!("no GEMM driver for this tile"),
+    }
+}
+
+#[inline(always)]
+fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
+    args: GemmArgs<'_, R>,
+    scratch: &mut [f32],
+) {
+    let GemmArgs { m, k, n, packed, b, rows: brows, c, ldc } = args;
     if m == 0 || n == 0 {
         return;
     }
-    let max_row = if k == 0 { 0 } else { brows.max(k) };
+    let lanes = V::LANES;
+    let nr = NRV * lanes;
+    let max_row = brows.max(k).expect("input row offsets overflow");
     assert!(ldc >= n, "output row stride must cover n");
-    let block_len = (k + 1) * MR;
+    let block_len = k.checked_add(1).and_then(|k1| k1.checked_mul(MR)).expect("k overflows");
     let blocks = m.div_ceil(MR);
-    assert!(packed.len() >= blocks * block_len, "packed weights too short");
-    assert!(k == 0 || b.len() >= max_row + n, "input too short");
-    assert!(c.len() >= (m - 1) * ldc + n, "output too short");
-    assert!(scratch.len() >= scratch_len(k), "scratch too short");
+    assert!(
+        blocks.checked_mul(block_len).is_some_and(|len| packed.len() >= len),
+        "packed weights too short"
+    );
+    assert!(k == 0 || fits(max_row, n, b.len()), "input too short");
+    assert!((m - 1).checked_mul(ldc).is_some_and(|r| fits(r, n, c.len())), "output too short");
+    assert!(k.checked_mul(nr).is_some_and(|len| scratch.len() >= len), "scratch too short");
 
     // LOOP 1: column tiles of NR pixels.
     let mut n0 = 0;
     while n0 < n {
-        let cols = (n - n0).min(NR);
-        if cols == NR {
+        let cols = (n - n0).min(nr);
+        if cols == nr {
             // LOOP 2: row blocks over one full-width column panel of B.
             for blk in 0..blocks {
                 let pk = &packed[blk * block_len..(blk + 1) * block_len];
                 let rows = (m - blk * MR).min(MR);
                 if rows == MR {
-                    conv1x1_tile::<MR, NRV, A, R>(
-                        k,
-                        pk,
-                        b,
-                        n0,
-                        brows,
-                        max_row,
-                        c,
-                        blk * MR * ldc + n0,
-                        ldc,
-                    );
+                    let off = blk * MR * ldc + n0;
+                    conv1x1_tile::<V, MR, NRV, A, R>(k, pk, b, n0, brows, max_row, c, off, ldc);
                 } else {
-                    let mut tile = [0.0f32; MR * NR];
-                    conv1x1_tile::<MR, NRV, A, R>(k, pk, b, n0, brows, max_row, &mut tile, 0, NR);
-                    copy_tile(&tile, NR, rows, cols, c, blk * MR * ldc + n0, ldc);
+                    let mut tile = [0.0f32; MAX_TILE];
+                    conv1x1_tile::<V, MR, NRV, A, R>(
+                        k, pk, b, n0, brows, max_row, &mut tile, 0, nr,
+                    );
+                    copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + n0, ldc);
                 }
             }
-        } else if cols % LANES <= GEMV_MAX_COLS {
+        } else if cols % lanes <= GEMV_MAX_COLS {
             // Column tail of whole vectors plus at most GEMV_MAX_COLS columns:
             // the vectors straight from `b` (they are in bounds), the last few
             // columns as a matrix-vector product along the channels, instead
             // of a whole vector per row for one to four useful lanes.
-            let nv = cols / LANES;
-            let (r, col0) = (cols % LANES, n0 + nv * LANES);
+            let nv = cols / lanes;
+            let (r, col0) = (cols % lanes, n0 + nv * lanes);
             for blk in 0..blocks {
                 let pk = &packed[blk * block_len..(blk + 1) * block_len];
                 let rows = (m - blk * MR).min(MR);
                 if nv > 0 {
-                    let mut tile = [0.0f32; MR * NR];
+                    let mut tile = [0.0f32; MAX_TILE];
                     let direct = rows == MR;
                     let (cc, off, ld): (&mut [f32], usize, usize) = if direct {
                         (&mut *c, blk * MR * ldc + n0, ldc)
                     } else {
-                        (&mut tile, 0, NR)
+                        (&mut tile, 0, nr)
                     };
                     match nv {
-                        1 => conv1x1_tile::<MR, 1, A, R>(k, pk, b, n0, brows, max_row, cc, off, ld),
-                        _ => conv1x1_tile::<MR, 2, A, R>(k, pk, b, n0, brows, max_row, cc, off, ld),
+                        1 => conv1x1_tile::<V, MR, 1, A, R>(
+                            k, pk, b, n0, brows, max_row, cc, off, ld,
+                        ),
+                        _ => conv1x1_tile::<V, MR, 2, A, R>(
+                            k, pk, b, n0, brows, max_row, cc, off, ld,
+                        ),
                     }
                     if !direct {
-                        copy_tile(&tile, NR, rows, nv * LANES, c, blk * MR * ldc + n0, ldc);
+                        copy_tile(&tile, nr, rows, nv * lanes, c, blk * MR * ldc + n0, ldc);
                     }
                 }
                 let mut put = |j: usize, col: &[f32; 8]| {
@@ -188,29 +260,29 @@ pub fn conv1x1<A: Act, R: Rows>(args: Conv1x1Args<'_, R>, scratch: &mut [f32]) {
                 };
                 match r {
                     0 => {}
-                    1 => gemv_cols::<1, R>(k, pk, b, brows, col0)
+                    1 => gemv_cols::<V::V8, MR, 1, R>(k, pk, b, brows, col0)
                         .iter()
                         .enumerate()
                         .for_each(|(j, v)| put(j, v)),
-                    2 => gemv_cols::<2, R>(k, pk, b, brows, col0)
+                    2 => gemv_cols::<V::V8, MR, 2, R>(k, pk, b, brows, col0)
                         .iter()
                         .enumerate()
                         .for_each(|(j, v)| put(j, v)),
-                    3 => gemv_cols::<3, R>(k, pk, b, brows, col0)
+                    3 => gemv_cols::<V::V8, MR, 3, R>(k, pk, b, brows, col0)
                         .iter()
                         .enumerate()
                         .for_each(|(j, v)| put(j, v)),
-                    _ => gemv_cols::<4, R>(k, pk, b, brows, col0)
+                    _ => gemv_cols::<V::V8, MR, 4, R>(k, pk, b, brows, col0)
                         .iter()
                         .enumerate()
                         .for_each(|(j, v)| put(j, v)),
                 }
             }
         } else {
-            // Column tail: a zero-padded k x NR panel, so every lane the
+            // Column tail: a zero-padded k x width panel, so every lane the
             // micro-kernel reads is a real zero, then narrow tiles over it.
-            let nrv = cols.div_ceil(LANES);
-            let width = nrv * LANES;
+            let nrv = cols.div_ceil(lanes);
+            let width = nrv * lanes;
             let panel = &mut scratch[..k * width];
             for kk in 0..k {
                 let row = &mut panel[kk * width..(kk + 1) * width];
@@ -218,12 +290,19 @@ pub fn conv1x1<A: Act, R: Rows>(args: Conv1x1Args<'_, R>, scratch: &mut [f32]) {
                 row[..cols].copy_from_slice(&b[src..src + cols]);
                 row[cols..].fill(0.0);
             }
+            let prows = Strided(width);
+            let pmax = k.saturating_sub(1) * width;
             for blk in 0..blocks {
                 let pk = &packed[blk * block_len..(blk + 1) * block_len];
                 let rows = (m - blk * MR).min(MR);
-                let mut tile = [0.0f32; MR * NR];
-                tail_tile::<A>(nrv, k, pk, panel, width, &mut tile);
-                copy_tile(&tile, NR, rows, cols, c, blk * MR * ldc + n0, ldc);
+                let mut tile = [0.0f32; MAX_TILE];
+                let t = &mut tile;
+                match nrv {
+                    1 => conv1x1_tile::<V, MR, 1, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
+                    2 => conv1x1_tile::<V, MR, 2, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
+                    _ => conv1x1_tile::<V, MR, NRV, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
+                }
+                copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + n0, ldc);
             }
         }
         n0 += cols;
@@ -236,58 +315,60 @@ const GEMV_MAX_COLS: usize = 4;
 
 /// `bias[i] + Σ_kk w[kk][i] · b[kk][col0 + j]` for the block's `MR` rows and
 /// `RC <= GEMV_MAX_COLS` columns `j`, vectorised along the rows (`MR <= 8`
-/// lanes of an `f32x8`). Four partial sums over `kk mod 4` break the FMA
-/// latency chain; the order is fixed, so results do not depend on threading.
+/// lanes of an 8-lane vector `G`). Four partial sums over `kk mod 4` break
+/// the FMA latency chain; the order is fixed, so results do not depend on
+/// threading. Lanes `MR..8` may hold the next step's weights; they are never
+/// stored.
 #[inline(always)]
-fn gemv_cols<const RC: usize, R: Rows>(
+fn gemv_cols<G: Vector, const MR: usize, const RC: usize, R: Rows>(
     k: usize,
     pk: &[f32],
     b: &[f32],
     rows: R,
     col0: usize,
 ) -> [[f32; 8]; RC] {
-    type W = wide::f32x8;
     const { assert!(MR <= 8) };
     let w = &pk[MR..(k + 1) * MR];
-    let mut acc = [[W::ZERO; 4]; RC];
-    let step = |kk: usize, s: usize, acc: &mut [[W; 4]; RC]| {
-        let wk = W::from(&w[kk * MR..(kk + 1) * MR]);
-        let base = rows.at(kk) + col0;
-        let xs = &b[base..base + RC];
-        for (a, &x) in acc.iter_mut().zip(xs) {
-            a[s] = W::splat(x).mul_add(wk, a[s]);
-        }
-    };
+    let mut acc = [[G::zero(); 4]; RC];
     let k4 = k / 4 * 4;
     for kk in (0..k4).step_by(4) {
-        step(kk, 0, &mut acc);
-        step(kk + 1, 1, &mut acc);
-        step(kk + 2, 2, &mut acc);
-        step(kk + 3, 3, &mut acc);
+        for s in 0..4 {
+            gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk + s, s, &mut acc);
+        }
     }
     for kk in k4..k {
-        step(kk, kk - k4, &mut acc);
+        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk, kk - k4, &mut acc);
     }
-    let bias = W::from(&pk[..MR]);
-    acc.map(|a| (bias + ((a[0] + a[1]) + (a[2] + a[3]))).to_array())
+    let bias = G::load_partial(&pk[..MR], 0);
+    // A loop, not `acc.map(..)`: closures lose the ISA's target features.
+    let mut out = [[0.0f32; 8]; RC];
+    for (o, a) in out.iter_mut().zip(acc.iter()) {
+        let v = bias.add((a[0].add(a[1])).add(a[2].add(a[3]))).to_array();
+        o.copy_from_slice(&v[..8]);
+    }
+    out
 }
 
-/// Runs the micro-kernel with `nrv` (<= NRV) vectors per row into `tile` (row stride NR).
+/// One reduction step of [`gemv_cols`] into partial sum `s`. A function, not
+/// a closure: a closure is compiled with its defining function's target
+/// features (none, for these generic bodies), so its intrinsics would not
+/// inline.
 #[inline(always)]
-fn tail_tile<A: Act>(
-    nrv: usize,
-    k: usize,
-    pk: &[f32],
-    panel: &[f32],
-    width: usize,
-    tile: &mut [f32],
+fn gemv_step<G: Vector, const MR: usize, const RC: usize, R: Rows>(
+    w: &[f32],
+    b: &[f32],
+    rows: R,
+    col0: usize,
+    kk: usize,
+    s: usize,
+    acc: &mut [[G; 4]; RC],
 ) {
-    let rows = Strided(width);
-    let max_row = k.saturating_sub(1) * width;
-    match nrv {
-        1 => conv1x1_tile::<MR, 1, A, _>(k, pk, panel, 0, rows, max_row, tile, 0, NR),
-        2 if NRV >= 2 => conv1x1_tile::<MR, 2, A, _>(k, pk, panel, 0, rows, max_row, tile, 0, NR),
-        _ => conv1x1_tile::<MR, NRV, A, _>(k, pk, panel, 0, rows, max_row, tile, 0, NR),
+    let at = kk * MR;
+    let wk = if at + G::LANES <= w.len() { G::load(w, at) } else { G::load_partial(w, at) };
+    let base = rows.at(kk) + col0;
+    let xs = &b[base..base + RC];
+    for (a, &x) in acc.iter_mut().zip(xs) {
+        a[s] = G::splat(x).mul_add(wk, a[s]);
     }
 }
 

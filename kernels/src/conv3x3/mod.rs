@@ -19,24 +19,17 @@
 //! and dropped (3.4% extra work at 56x56, 12.5% at 14x14).
 //!
 //! Weights are packed exactly as for [`crate::conv1x1`] with `k = cin * 9`
-//! (OIHW order per output channel is `(ci, ky, kx)`, which is the tap order).
+//! (OIHW order per output channel is `(ci, ky, kx)`, which is the tap order),
+//! for the same ISA.
 
-use crate::act::Act;
-use crate::conv1x1::{self, MR, NR, NRV, Rows, Table, conv1x1_tile};
-use crate::lanes::{LANES, load, store};
+use crate::act::{Act, Activation, with_act};
+use crate::conv1x1::{MAX_TILE, Rows, Table, conv1x1_tile};
+use crate::isa::{Isa, Job, Vector, dispatch};
+use crate::lanes::Lanes;
 
-/// Name of the stride-1 kernel in this build.
-#[cfg(target_feature = "avx512f")]
-pub const NAME_S1: &str = "conv3x3_s1_8x48__x16";
-/// Name of the stride-2 kernel in this build.
-#[cfg(target_feature = "avx512f")]
-pub const NAME_S2: &str = "conv3x3_s2_8x48__x16";
-/// Name of the stride-1 kernel in this build.
-#[cfg(not(target_feature = "avx512f"))]
-pub const NAME_S1: &str = "conv3x3_s1_6x16__x8";
-/// Name of the stride-2 kernel in this build.
-#[cfg(not(target_feature = "avx512f"))]
-pub const NAME_S2: &str = "conv3x3_s2_6x16__x8";
+/// The widest register tile of any ISA, in pixels: the prepared input's slack
+/// covers a whole tile of reads past the last flat position.
+const MAX_NR: usize = 48;
 
 /// Geometry of one prepared 3x3 convolution input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +91,7 @@ impl Geometry {
         // The last flat position plus the largest in-plane tap shift can pass
         // the end of the last plane by up to 2*wq + 2; round up generously.
         let (_, wq) = self.phase_hw();
-        2 * wq + 2 + conv1x1::NR
+        2 * wq + 2 + MAX_NR
     }
 
     fn check(&self) {
@@ -107,17 +100,33 @@ impl Geometry {
     }
 }
 
-/// Writes the zero-padded, phase-split copy of `x` (`cin x h x w`) into `dst`.
+/// Writes the zero-padded, phase-split copy of `x` (`cin x h x w`) into `dst`,
+/// compiled for `isa` (the stride-2 column split vectorises into shuffles).
 ///
 /// # Panics
 /// If `x.len() != cin*h*w` or `dst.len() != g.prepared_len()`.
-pub fn prepare_input(g: &Geometry, x: &[f32], dst: &mut [f32]) {
+pub fn prepare_input(isa: Isa, g: &Geometry, x: &[f32], dst: &mut [f32]) {
     g.check();
     assert_eq!(dst.len(), g.prepared_len(), "prepared length");
     let (planes, slack) = dst.split_at_mut(g.planes() * g.plane_len());
     slack.fill(0.0);
     for (index, plane) in planes.chunks_exact_mut(g.plane_len()).enumerate() {
-        prepare_plane(g, x, index, plane);
+        prepare_plane(isa, g, x, index, plane);
+    }
+}
+
+struct PreparePlane<'a> {
+    g: &'a Geometry,
+    x: &'a [f32],
+    index: usize,
+    dst: &'a mut [f32],
+}
+
+impl Job for PreparePlane<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<V: Vector>(self) {
+        prepare_plane_body(self.g, self.x, self.index, self.dst)
     }
 }
 
@@ -127,7 +136,12 @@ pub fn prepare_input(g: &Geometry, x: &[f32], dst: &mut [f32]) {
 ///
 /// # Panics
 /// If `x.len() != cin*h*w`, `index >= g.planes()` or `dst.len() != g.plane_len()`.
-pub fn prepare_plane(g: &Geometry, x: &[f32], index: usize, dst: &mut [f32]) {
+pub fn prepare_plane(isa: Isa, g: &Geometry, x: &[f32], index: usize, dst: &mut [f32]) {
+    dispatch(isa, PreparePlane { g, x, index, dst })
+}
+
+#[inline(always)]
+fn prepare_plane_body(g: &Geometry, x: &[f32], index: usize, dst: &mut [f32]) {
     g.check();
     let Geometry { cin, h, w, stride: s } = *g;
     assert_eq!(x.len(), cin * h * w, "input length");
@@ -196,7 +210,8 @@ pub struct Conv3x3Args<'a> {
     pub geometry: Geometry,
     /// Output channels to compute (`packed` holds `ceil(m / MR)` blocks).
     pub m: usize,
-    /// Weights packed by [`conv1x1::pack_weights`] with `k = cin * 9`.
+    /// Weights packed by [`crate::conv1x1::pack_weights`] for the same ISA with
+    /// `k = cin * 9`.
     pub packed: &'a [f32],
     /// The output of [`prepare_input`].
     pub prepared: &'a [f32],
@@ -206,7 +221,34 @@ pub struct Conv3x3Args<'a> {
     pub output: &'a mut [f32],
 }
 
-/// Computes `output[oc][oy][ox] = A(bias[oc] + Σ w · x)` for `m` channels.
+/// Computes `output[oc][oy][ox] = act(bias[oc] + Σ w · x)` for `m` channels
+/// with `isa`'s kernel (`conv3x3_s<stride>_<MR>x<NR>__<isa>`).
+///
+/// Writes exactly `output[..m*oh*ow]`; reads nothing outside the slices.
+///
+/// # Panics
+/// If a slice does not match the geometry, or an offset table entry points
+/// outside the prepared input.
+pub fn conv3x3(isa: Isa, act: Activation, args: Conv3x3Args<'_>) {
+    struct Run<'a, A>(Conv3x3Args<'a>, core::marker::PhantomData<A>);
+    impl<A: Act> Job for Run<'_, A> {
+        type Out = ();
+        #[inline(always)]
+        fn run<V: Vector>(self) {
+            match (V::GEMM_MR, V::GEMM_NRV) {
+                (8, 3) => conv3x3_body::<V, 8, 3, A>(self.0),
+                (6, 2) => conv3x3_body::<V, 6, 2, A>(self.0),
+                _ => unreachable!("no 3x3 driver for this tile"),
+            }
+        }
+    }
+    fn go<A: Act>(isa: Isa, args: Conv3x3Args<'_>) {
+        dispatch(isa, Run::<A>(args, core::marker::PhantomData))
+    }
+    with_act!(act, go::<_>(isa, args))
+}
+
+/// The driver for `V` and the tile `MR x NRV` vectors.
 ///
 /// LOOP 1 walks `NR`-wide tiles of flat positions; LOOP 2 the `MR`-channel
 /// blocks over one tile (its input window stays in L1). Each tile is computed
@@ -217,8 +259,10 @@ pub struct Conv3x3Args<'a> {
 ///
 /// # Panics
 /// If a slice does not match the geometry.
-pub fn conv3x3<A: Act>(args: Conv3x3Args<'_>) {
+#[inline(always)]
+fn conv3x3_body<V: Vector, const MR: usize, const NRV: usize, A: Act>(args: Conv3x3Args<'_>) {
     let Conv3x3Args { geometry: g, m, packed, prepared, offsets, output } = args;
+    let (lanes, nr) = (V::LANES, NRV * V::LANES);
     g.check();
     let (oh, ow) = g.output_hw();
     let (_, wq) = g.phase_hw();
@@ -230,38 +274,40 @@ pub fn conv3x3<A: Act>(args: Conv3x3Args<'_>) {
     let block_len = (k + 1) * MR;
     assert!(packed.len() >= blocks * block_len, "packed weights too short");
     let rows = Table(offsets);
-    let max_row = rows.max(k);
+    // The micro-kernel checks every tile's reads against this maximum.
+    let max_row = rows.max(k).unwrap_or(usize::MAX);
 
     // One stack tile for every tail; the micro-kernel overwrites the part it uses.
-    let mut tile = [0.0f32; MR * NR];
-    if row_tiles_pay(ow, wq, n) {
+    let mut tile = [0.0f32; MAX_TILE];
+    if row_tiles_pay(ow, wq, n, lanes) {
         // Row-aligned tiles: each output row on its own, in NR-wide tiles and
         // one narrower last tile; no dropped columns are computed at all.
         for oy in 0..oh {
-            for ox0 in (0..ow).step_by(NR) {
-                let cols = (ow - ox0).min(NR);
+            for ox0 in (0..ow).step_by(nr) {
+                let cols = (ow - ox0).min(nr);
                 let q0 = oy * wq + ox0;
                 for blk in 0..blocks {
                     let pk = &packed[blk * block_len..(blk + 1) * block_len];
                     let off = blk * MR * oh * ow + oy * ow + ox0;
                     let valid_rows = (m - blk * MR).min(MR);
-                    let direct = valid_rows == MR && cols % LANES == 0;
+                    let direct = valid_rows == MR && cols % lanes == 0;
                     let (c, c_off, ldc): (&mut [f32], usize, usize) =
-                        if direct { (&mut *output, off, oh * ow) } else { (&mut tile, 0, NR) };
-                    match cols.div_ceil(LANES) {
-                        1 => conv1x1_tile::<MR, 1, A, _>(
+                        if direct { (&mut *output, off, oh * ow) } else { (&mut tile, 0, nr) };
+                    match cols.div_ceil(lanes) {
+                        1 => conv1x1_tile::<V, MR, 1, A, _>(
                             k, pk, prepared, q0, rows, max_row, c, c_off, ldc,
                         ),
-                        2 if NRV >= 2 => conv1x1_tile::<MR, 2, A, _>(
+                        2 => conv1x1_tile::<V, MR, 2, A, _>(
                             k, pk, prepared, q0, rows, max_row, c, c_off, ldc,
                         ),
-                        _ => conv1x1_tile::<MR, NRV, A, _>(
+                        _ => conv1x1_tile::<V, MR, NRV, A, _>(
                             k, pk, prepared, q0, rows, max_row, c, c_off, ldc,
                         ),
                     }
                     if !direct {
-                        copy_runs(
+                        copy_runs::<V>(
                             &tile,
+                            nr,
                             &[(0, oy * ow + ox0, cols)],
                             valid_rows,
                             output,
@@ -275,17 +321,17 @@ pub fn conv3x3<A: Act>(args: Conv3x3Args<'_>) {
         return;
     }
     // LOOP 1: tiles of NR flat positions q = oy * wq + ox.
-    for q0 in (0..n).step_by(NR) {
-        let cols = (n - q0).min(NR);
+    for q0 in (0..n).step_by(nr) {
+        let cols = (n - q0).min(nr);
         let (oy0, ox0) = (q0 / wq, q0 % wq);
-        if cols == NR && ox0 + NR <= ow {
+        if cols == nr && ox0 + nr <= ow {
             // The whole tile is valid pixels of one output row: store directly
             // (rows of the tile are channels, `oh * ow` apart).
             for blk in 0..blocks {
                 let pk = &packed[blk * block_len..(blk + 1) * block_len];
                 let off = blk * MR * oh * ow + oy0 * ow + ox0;
                 if (m - blk * MR) >= MR {
-                    conv1x1_tile::<MR, NRV, A, _>(
+                    conv1x1_tile::<V, MR, NRV, A, _>(
                         k,
                         pk,
                         prepared,
@@ -297,12 +343,13 @@ pub fn conv3x3<A: Act>(args: Conv3x3Args<'_>) {
                         oh * ow,
                     );
                 } else {
-                    conv1x1_tile::<MR, NRV, A, _>(
-                        k, pk, prepared, q0, rows, max_row, &mut tile, 0, NR,
+                    conv1x1_tile::<V, MR, NRV, A, _>(
+                        k, pk, prepared, q0, rows, max_row, &mut tile, 0, nr,
                     );
-                    copy_runs(
+                    copy_runs::<V>(
                         &tile,
-                        &[(0, oy0 * ow + ox0, NR)],
+                        nr,
+                        &[(0, oy0 * ow + ox0, nr)],
                         m - blk * MR,
                         output,
                         blk * MR,
@@ -313,7 +360,7 @@ pub fn conv3x3<A: Act>(args: Conv3x3Args<'_>) {
             continue;
         }
         // Valid runs of this tile: (offset in tile, index in an output plane, length).
-        let mut runs = [(0usize, 0usize, 0usize); NR];
+        let mut runs = [(0usize, 0usize, 0usize); MAX_NR];
         let mut nruns = 0;
         let mut q = q0;
         while q < q0 + cols {
@@ -328,19 +375,19 @@ pub fn conv3x3<A: Act>(args: Conv3x3Args<'_>) {
         // LOOP 2: channel blocks.
         for blk in 0..blocks {
             let pk = &packed[blk * block_len..(blk + 1) * block_len];
-            match cols.div_ceil(LANES) {
-                1 => conv1x1_tile::<MR, 1, A, _>(
-                    k, pk, prepared, q0, rows, max_row, &mut tile, 0, NR,
+            match cols.div_ceil(lanes) {
+                1 => conv1x1_tile::<V, MR, 1, A, _>(
+                    k, pk, prepared, q0, rows, max_row, &mut tile, 0, nr,
                 ),
-                2 if NRV >= 2 => conv1x1_tile::<MR, 2, A, _>(
-                    k, pk, prepared, q0, rows, max_row, &mut tile, 0, NR,
+                2 => conv1x1_tile::<V, MR, 2, A, _>(
+                    k, pk, prepared, q0, rows, max_row, &mut tile, 0, nr,
                 ),
-                _ => conv1x1_tile::<MR, NRV, A, _>(
-                    k, pk, prepared, q0, rows, max_row, &mut tile, 0, NR,
+                _ => conv1x1_tile::<V, MR, NRV, A, _>(
+                    k, pk, prepared, q0, rows, max_row, &mut tile, 0, nr,
                 ),
             }
             let valid_rows = (m - blk * MR).min(MR);
-            copy_runs(&tile, &runs[..nruns], valid_rows, output, blk * MR, oh * ow);
+            copy_runs::<V>(&tile, nr, &runs[..nruns], valid_rows, output, blk * MR, oh * ow);
         }
     }
 }
@@ -348,9 +395,9 @@ pub fn conv3x3<A: Act>(args: Conv3x3Args<'_>) {
 /// Whether row-aligned tiles use the lanes at least as well as flat tiles:
 /// row tiles waste `ceil(ow / LANES) * LANES - ow` lanes per row, flat tiles
 /// the `wq - ow` dropped columns plus the rounding of `n`.
-fn row_tiles_pay(ow: usize, wq: usize, n: usize) -> bool {
-    let row_util = ow as f64 / (ow.div_ceil(LANES) * LANES) as f64;
-    let flat_util = (ow as f64 / wq as f64) * (n as f64 / (n.div_ceil(LANES) * LANES) as f64);
+fn row_tiles_pay(ow: usize, wq: usize, n: usize, lanes: usize) -> bool {
+    let row_util = ow as f64 / (ow.div_ceil(lanes) * lanes) as f64;
+    let flat_util = (ow as f64 / wq as f64) * (n as f64 / (n.div_ceil(lanes) * lanes) as f64);
     row_util >= flat_util
 }
 
@@ -358,30 +405,32 @@ fn row_tiles_pay(ow: usize, wq: usize, n: usize) -> bool {
 /// `rows` tile rows into output planes `first_plane..` (`plane_len` apart).
 /// Vector-sized pieces go through registers, so short runs cost no `memcpy` call.
 #[inline(always)]
-fn copy_runs(
+fn copy_runs<V: Vector>(
     tile: &[f32],
+    nr: usize,
     runs: &[(usize, usize, usize)],
     rows: usize,
     output: &mut [f32],
     first_plane: usize,
     plane_len: usize,
 ) {
+    let lanes = V::LANES;
     for r in 0..rows {
         let plane = &mut output[(first_plane + r) * plane_len..][..plane_len];
-        let trow = &tile[r * NR..(r + 1) * NR];
+        let trow = &tile[r * nr..(r + 1) * nr];
         for &(t, o, len) in runs {
-            if len < LANES {
+            if len < lanes {
                 plane[o..o + len].copy_from_slice(&trow[t..t + len]);
                 continue;
             }
             let mut i = 0;
-            while i + LANES <= len {
-                store(plane, o + i, load(trow, t + i));
-                i += LANES;
+            while i + lanes <= len {
+                V::load(trow, t + i).store(plane, o + i);
+                i += lanes;
             }
             if i < len {
                 // Overlapping last vector: rewrites a few equal values, no scalar loop.
-                store(plane, o + len - LANES, load(trow, t + len - LANES));
+                V::load(trow, t + len - lanes).store(plane, o + len - lanes);
             }
         }
     }

@@ -1,4 +1,4 @@
-//! `dw3x3_s{1,2}p1_<N>x<LANES>__<lanes>`: `N` vectors of `LANES` consecutive
+//! `dw3x3_s{1,2}p1_<N>x<V::LANES>__<lanes>`: `N` vectors of `V::LANES` consecutive
 //! outputs of one depthwise 3x3 plane, in the plane's own flat (row-major,
 //! row stride `ow`) order, read from a prepared copy of the input.
 //!
@@ -21,40 +21,41 @@
 //! multiply-adds per vector as an unmasked kernel (7 FMAs + 2 multiplies),
 //! plus 2 adds and 1-2 ANDs on the other FP pipes.
 //!
-//! Accumulator map (`N` = 4 vectors of `LANES` flat outputs, 12 chains):
+//! Accumulator map (`N` = 4 vectors of `V::LANES` flat outputs, 12 chains):
 //! ```text
 //!            q0        q0+L      q0+2L     q0+3L
 //!   c[u]    bias+kx1  bias+kx1  bias+kx1  bias+kx1
 //!   l[u]    kx0       kx0       kx0       kx0
 //!   r[u]    kx2       kx2       kx2       kx2
 //! ```
-//! The masks repeat with period `P = w / gcd(w, LANES)` vectors, so the
+//! The masks repeat with period `P = w / gcd(w, V::LANES)` vectors, so the
 //! driver passes a table of `P + N - 1` (or more) mask vectors and the index
 //! `m` of the first vector's mask.
 //!
 //! Packed weights per channel: `[bias, w00, w01, w02, w10, .., w22]`, splatted
 //! by the driver into `k: [V; 10]`.
 //!
-//! Preconditions (asserted once at entry): `q0 + N*LANES + max(offs) <= src.len()`,
-//! `(m + N) * LANES <= ml.len()` (and `mr.len()` when `MASK_R`),
-//! `o0 + N*LANES <= out.len()`.
+//! Preconditions (asserted once at entry): `q0 + N*V::LANES + max(offs) <= src.len()`,
+//! `(m + N) * V::LANES <= ml.len()` (and `mr.len()` when `MASK_R`),
+//! `o0 + N*V::LANES <= out.len()`.
 
 use crate::act::Act;
-use crate::lanes::{LANES, V, load_unchecked, store_unchecked};
+use crate::isa::Vector;
+use crate::lanes::Lanes;
 
 /// Vectors per step of the main loop. Benchmarks on Zen 5 (AVX-512): 4 keeps
 /// 12 accumulator chains in flight (enough for the FMA latency) and leaves
 /// registers for the 10 weights.
 pub const U: usize = 4;
 
-/// Computes `N` vectors of flat outputs `out[o0 + u*LANES ..]` from the
-/// positions `q0 + u*LANES` of the prepared source; see the module docs.
+/// Computes `N` vectors of flat outputs `out[o0 + u*V::LANES ..]` from the
+/// positions `q0 + u*V::LANES` of the prepared source; see the module docs.
 ///
 /// # Panics
 /// If any of the preconditions in the module docs does not hold.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn dw3x3_flat<const N: usize, const MASK_R: bool, A: Act>(
+pub(crate) fn dw3x3_flat<V: Vector, const N: usize, const MASK_R: bool, A: Act>(
     k: &[V; 10],
     src: &[f32],
     offs: &[usize; 9],
@@ -66,31 +67,31 @@ pub fn dw3x3_flat<const N: usize, const MASK_R: bool, A: Act>(
     o0: usize,
 ) {
     let max_off = offs.iter().copied().fold(0, usize::max);
-    assert!(q0 + N * LANES + max_off <= src.len(), "flat kernel reads past the source");
-    assert!((m + N) * LANES <= ml.len(), "left mask table too short");
-    assert!(!MASK_R || (m + N) * LANES <= mr.len(), "right mask table too short");
-    assert!(o0 + N * LANES <= out.len(), "flat kernel writes past the output");
+    assert!(q0 + N * V::LANES + max_off <= src.len(), "flat kernel reads past the source");
+    assert!((m + N) * V::LANES <= ml.len(), "left mask table too short");
+    assert!(!MASK_R || (m + N) * V::LANES <= mr.len(), "right mask table too short");
+    assert!(o0 + N * V::LANES <= out.len(), "flat kernel writes past the output");
 
     let mut c = [k[0]; N];
-    let mut l = [V::ZERO; N];
-    let mut r = [V::ZERO; N];
+    let mut l = [V::zero(); N];
+    let mut r = [V::zero(); N];
     // Tap-major order: the N independent chains of each accumulator kind
     // are interleaved, which hides the FMA latency.
     for ky in 0..3 {
         for u in 0..N {
-            let q = q0 + u * LANES;
-            // SAFETY: q + offs[t] + LANES <= q0 + N*LANES + max_off <= src.len()
+            let q = q0 + u * V::LANES;
+            // SAFETY: q + offs[t] + V::LANES <= q0 + N*V::LANES + max_off <= src.len()
             // by the entry assert (u < N).
             let (a, b, d) = unsafe {
                 (
-                    load_unchecked(src, q + offs[3 * ky]),
-                    load_unchecked(src, q + offs[3 * ky + 1]),
-                    load_unchecked(src, q + offs[3 * ky + 2]),
+                    V::load_unchecked(src, q + offs[3 * ky]),
+                    V::load_unchecked(src, q + offs[3 * ky + 1]),
+                    V::load_unchecked(src, q + offs[3 * ky + 2]),
                 )
             };
             if ky == 0 {
-                l[u] = a * k[1];
-                r[u] = d * k[3];
+                l[u] = a.mul(k[1]);
+                r[u] = d.mul(k[3]);
             } else {
                 l[u] = a.mul_add(k[1 + 3 * ky], l[u]);
                 r[u] = d.mul_add(k[3 + 3 * ky], r[u]);
@@ -99,18 +100,18 @@ pub fn dw3x3_flat<const N: usize, const MASK_R: bool, A: Act>(
         }
     }
     for u in 0..N {
-        // SAFETY: (m + u + 1) * LANES <= (m + N) * LANES <= ml.len() (and
+        // SAFETY: (m + u + 1) * V::LANES <= (m + N) * V::LANES <= ml.len() (and
         // mr.len() when MASK_R) by the entry asserts.
         let (vl, vr) = unsafe {
             (
-                load_unchecked(ml, (m + u) * LANES),
-                if MASK_R { load_unchecked(mr, (m + u) * LANES) } else { V::ZERO },
+                V::load_unchecked(ml, (m + u) * V::LANES),
+                if MASK_R { V::load_unchecked(mr, (m + u) * V::LANES) } else { V::zero() },
             )
         };
-        let rr = if MASK_R { r[u] & vr } else { r[u] };
-        let v = A::apply(c[u] + (l[u] & vl) + rr);
-        // SAFETY: o0 + u*LANES + LANES <= o0 + N*LANES <= out.len() by the
+        let rr = if MASK_R { r[u].and(vr) } else { r[u] };
+        let v = A::apply(c[u].add(l[u].and(vl)).add(rr));
+        // SAFETY: o0 + u*V::LANES + V::LANES <= o0 + N*V::LANES <= out.len() by the
         // entry assert.
-        unsafe { store_unchecked(out, o0 + u * LANES, v) };
+        unsafe { v.store_unchecked(out, o0 + u * V::LANES) };
     }
 }

@@ -1,10 +1,10 @@
-//! `dw3x3_s1p1_<R>x<LANES>__<lanes>`: one band of `R` output rows x one
-//! vector of `LANES` output columns of a depthwise 3x3 convolution, stride 1,
+//! `dw3x3_s1p1_<R>x<V::LANES>__<lanes>`: one band of `R` output rows x one
+//! vector of `V::LANES` output columns of a depthwise 3x3 convolution, stride 1,
 //! padding 1, read straight from the unpadded input plane.
 //!
 //! ```text
 //! out[oy][ox] = A(bias + Σ_{ky,kx<3} w[ky][kx] · in[oy+ky-1][ox+kx-1])
-//!                                        oy in oy0..oy0+R, ox in ox0..ox0+LANES
+//!                                        oy in oy0..oy0+R, ox in ox0..ox0+V::LANES
 //!
 //! input row iy = oy0-1+i (i in 0..R+2) is loaded once, as three shifted vectors
 //!   l = in[iy][ox0-1 ..] & mask_l     (kx = 0)
@@ -34,18 +34,19 @@
 //! by the driver into `k: [V; 10]`.
 //!
 //! Preconditions (asserted once at entry): every index read,
-//! `in_off - 1 - (!TOP as usize) * w .. in_off + (R - BOT as usize) * w + 1 + LANES`,
-//! lies in `input`, and `out_off + (R-1)*ow + LANES <= output.len()`.
+//! `in_off - 1 - (!TOP as usize) * w .. in_off + (R - BOT as usize) * w + 1 + V::LANES`,
+//! lies in `input`, and `out_off + (R-1)*ow + V::LANES <= output.len()`.
 
 use crate::act::Act;
-use crate::lanes::{LANES, V, load_unchecked, store_unchecked};
+use crate::isa::Vector;
+use crate::lanes::Lanes;
 
 /// `EDGE` bit: the vector holds column 0, so its left taps are masked.
-pub const EDGE_LEFT: u8 = 1;
+pub(crate) const EDGE_LEFT: u8 = 1;
 /// `EDGE` bit: the vector holds column `w-1`, so its right taps are masked.
-pub const EDGE_RIGHT: u8 = 2;
+pub(crate) const EDGE_RIGHT: u8 = 2;
 
-/// Computes one `R x LANES` output block; see the module docs.
+/// Computes one `R x V::LANES` output block; see the module docs.
 ///
 /// `in_off` is the index of `in[oy0][ox0]`, `w` the input row stride,
 /// `out_off` the index of `out[oy0][ox0]` and `ow` the output row stride.
@@ -54,7 +55,14 @@ pub const EDGE_RIGHT: u8 = 2;
 /// If any of the preconditions in the module docs does not hold.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, const EDGE: u8, A: Act>(
+pub(crate) fn dw3x3_s1p1_band<
+    V: Vector,
+    const R: usize,
+    const TOP: bool,
+    const BOT: bool,
+    const EDGE: u8,
+    A: Act,
+>(
     k: &[V; 10],
     input: &[f32],
     in_off: usize,
@@ -70,8 +78,8 @@ pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, const E
     let first = if TOP { 1 } else { 0 };
     let last = if BOT { R } else { R + 1 };
     assert!(in_off + first * w > w, "band reads before the input");
-    assert!(in_off + last * w + 1 + LANES <= input.len() + w, "band reads past the input");
-    assert!(out_off + (R - 1) * ow + LANES <= output.len(), "band writes past the output");
+    assert!(in_off + last * w + 1 + V::LANES <= input.len() + w, "band reads past the input");
+    assert!(out_off + (R - 1) * ow + V::LANES <= output.len(), "band writes past the output");
 
     let mut acc = [k[0]; R];
     // A constant trip count, so LLVM unrolls the row loop fully and the weight
@@ -82,19 +90,19 @@ pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, const E
         }
         let base = in_off + i * w - w;
         // SAFETY: base - 1 = in_off + (i-1)*w - 1 >= in_off + first*w - w - 1 >= 0
-        // and base + 1 + LANES <= in_off + last*w - w + 1 + LANES <= input.len(),
+        // and base + 1 + V::LANES <= in_off + last*w - w + 1 + V::LANES <= input.len(),
         // both by the entry asserts (first <= i <= last).
         let (l, c, r) = unsafe {
             (
-                load_unchecked(input, base - 1),
-                load_unchecked(input, base),
-                load_unchecked(input, base + 1),
+                V::load_unchecked(input, base - 1),
+                V::load_unchecked(input, base),
+                V::load_unchecked(input, base + 1),
             )
         };
         // Masks only on the vectors that touch a plane edge (a compile-time
         // choice): an AND costs an FP-pipe slot like an FMA does.
-        let l = if EDGE & EDGE_LEFT != 0 { l & mask_l } else { l };
-        let r = if EDGE & EDGE_RIGHT != 0 { r & mask_r } else { r };
+        let l = if EDGE & EDGE_LEFT != 0 { l.and(mask_l) } else { l };
+        let r = if EDGE & EDGE_RIGHT != 0 { r.and(mask_r) } else { r };
         for (j, a) in acc.iter_mut().enumerate() {
             // Output row j uses input rows j..j+3, i.e. ky = i - j.
             if i >= j && i - j < 3 {
@@ -106,8 +114,8 @@ pub fn dw3x3_s1p1_band<const R: usize, const TOP: bool, const BOT: bool, const E
         }
     }
     for (j, a) in acc.iter().enumerate() {
-        // SAFETY: out_off + j*ow + LANES <= out_off + (R-1)*ow + LANES <= output.len()
+        // SAFETY: out_off + j*ow + V::LANES <= out_off + (R-1)*ow + V::LANES <= output.len()
         // by the entry assert.
-        unsafe { store_unchecked(output, out_off + j * ow, A::apply(*a)) };
+        unsafe { A::apply(*a).store_unchecked(output, out_off + j * ow) };
     }
 }

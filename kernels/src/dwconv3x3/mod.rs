@@ -14,16 +14,16 @@
 //! # Drivers
 //! Two paths, chosen per `(w, stride)` by [`uses_flat`] from measurements:
 //!
-//! **Row bands** (stride 1, `w > LANES/2`; kernel [`dw3x3_s1p1_band`]):
+//! **Row bands** (stride 1, `w > V::LANES/2`; kernel [`dw3x3_s1p1_band`]):
 //! vectorised along W, bands of `R` output rows per step, so each loaded input
 //! row feeds every output row that uses it.
 //! - LOOP 1 walks the channels (planes), in order.
 //! - LOOP 2 walks bands of `R` output rows. The last band is moved up to end at
 //!   `oh` (it recomputes a few rows, bit-identically) instead of running a
 //!   narrower kernel; planes with `oh < R` use one narrower band.
-//! - LOOP 3 walks vectors of `LANES` output columns. When `ow >= LANES` the
+//! - LOOP 3 walks vectors of `V::LANES` output columns. When `ow >= V::LANES` the
 //!   last vector is moved left to end at `ow` (overlap, no tail); when
-//!   `ow < LANES` one vector covers the row and its extra lanes spill into the
+//!   `ow < V::LANES` one vector covers the row and its extra lanes spill into the
 //!   next row(s), which are stored later and overwrite them. Stores therefore
 //!   go in increasing address order within a channel and across channels.
 //!
@@ -33,7 +33,7 @@
 //! last one or few) run the same kernels on a copy in the scratch buffer, and
 //! only their valid outputs are copied back.
 //!
-//! **Flat** (stride 2, and stride 1 with `w <= LANES/2`; kernel
+//! **Flat** (stride 2, and stride 1 with `w <= V::LANES/2`; kernel
 //! [`dw3x3_flat`]): each plane is prepared in scratch so every tap is one
 //! contiguous load at a constant offset from the flat output index
 //! `q = oy*ow + ox`, then `U` vectors of consecutive flat outputs per step are
@@ -41,7 +41,7 @@
 //! vectors). Stride 1 copies the plane below a zero row (`S1Layout`);
 //! stride 2 de-interleaves it with two-vector lane shuffles (`vpermt2ps`) into
 //! four phase planes of row stride `ow` (`S2Layout`), two rows of a phase per
-//! shuffle when `2*ow <= LANES`. The buffers are zeroed once per call; the
+//! shuffle when `2*ow <= V::LANES`. The buffers are zeroed once per call; the
 //! next plane is prepared into a second buffer while the current one is
 //! computed. The last vector of a plane spills into the next plane (written
 //! later) or, at the end of `output`, goes through a stack tile.
@@ -58,30 +58,18 @@
 mod dw3x3_flat;
 mod dw3x3_s1p1;
 
-pub use dw3x3_flat::dw3x3_flat;
-pub use dw3x3_s1p1::{EDGE_LEFT, EDGE_RIGHT, dw3x3_s1p1_band};
+use dw3x3_flat::dw3x3_flat;
+use dw3x3_s1p1::{EDGE_LEFT, EDGE_RIGHT, dw3x3_s1p1_band};
 
-use crate::act::Act;
-use crate::lanes::{LANES, V, load, load_partial, store};
+use crate::act::{Act, Activation, with_act};
+use crate::isa::{Isa, Job, MAX_LANES, Vector, dispatch};
+use crate::lanes::Lanes;
 
 /// Most output rows per stride-1 band (accumulators: `R_MAX` vectors).
 pub const R_MAX: usize = 8;
 /// Fewest rows of a stride-1 band when a plane needs more than one band
 /// (`ceil(oh / ceil(oh / R_MAX))` for `oh > R_MAX`).
 const MIN_MULTI_BAND: usize = R_MAX / 2 + 1;
-
-/// The stride-1 kernel's name, `dw3x3_s1p1_<R_MAX>x<LANES>__<lanes>`.
-#[cfg(target_feature = "avx512f")]
-pub const NAME_S1: &str = "dw3x3_s1p1_8x16__x16";
-/// The stride-1 kernel's name, `dw3x3_s1p1_<R_MAX>x<LANES>__<lanes>`.
-#[cfg(not(target_feature = "avx512f"))]
-pub const NAME_S1: &str = "dw3x3_s1p1_8x8__x8";
-/// The stride-2 kernel's name, `dw3x3_s2p1_<U>x<LANES>__<lanes>` (flat kernel, `U` vectors per step).
-#[cfg(target_feature = "avx512f")]
-pub const NAME_S2: &str = "dw3x3_s2p1_4x16__x16";
-/// The stride-2 kernel's name, `dw3x3_s2p1_<U>x<LANES>__<lanes>` (flat kernel, `U` vectors per step).
-#[cfg(not(target_feature = "avx512f"))]
-pub const NAME_S2: &str = "dw3x3_s2p1_4x8__x8";
 
 /// Floats of packed weights per channel: `[bias, w0..w8]`.
 pub const PACKED_PER_CHANNEL: usize = 10;
@@ -95,27 +83,41 @@ fn out_dim(d: usize, stride: usize) -> usize {
 /// Floats the stride-1 driver copies an edge plane into: one leading pad
 /// float, the plane, and the vector overhang of the last row plus one.
 #[inline]
-fn s1_in_region(h: usize, w: usize) -> usize {
-    1 + (h - 1) * w + w.max(LANES) + 1
+fn s1_in_region<V: Vector>(h: usize, w: usize) -> usize {
+    1 + (h - 1) * w + w.max(V::LANES) + 1
 }
 
 /// Floats an edge plane's output needs: the plane plus the last row's spill.
 #[inline]
-fn out_region(oh: usize, ow: usize) -> usize {
-    (oh - 1) * ow + ow.max(LANES)
+fn out_region<V: Vector>(oh: usize, ow: usize) -> usize {
+    (oh - 1) * ow + ow.max(V::LANES)
 }
 
 /// Floats of scratch one call of [`dw3x3_s1p1`] (`stride == 1`) or
-/// [`dw3x3_s2p1`] (`stride == 2`) needs for `h x w` input planes.
+/// [`dw3x3_s2p1`] (`stride == 2`) with `isa` needs for `h x w` input planes.
 ///
 /// # Panics
 /// If `h == 0`, `w == 0` or `stride` is not 1 or 2.
-pub fn scratch_len(h: usize, w: usize, stride: usize) -> usize {
+pub fn scratch_len(isa: Isa, h: usize, w: usize, stride: usize) -> usize {
+    struct Len(usize, usize, usize);
+    impl Job for Len {
+        type Out = usize;
+        #[inline(always)]
+        fn run<V: Vector>(self) -> usize {
+            scratch_len_of::<V>(self.0, self.1, self.2)
+        }
+    }
+    dispatch(isa, Len(h, w, stride))
+}
+
+fn scratch_len_of<V: Vector>(h: usize, w: usize, stride: usize) -> usize {
     assert!(h >= 1 && w >= 1, "planes must be at least 1x1");
     let (oh, ow) = (out_dim(h, stride), out_dim(w, stride));
     match stride {
-        1 => (s1_in_region(h, w) + out_region(oh, ow)).max(flat_scratch_len(h, w, 1)),
-        2 => flat_scratch_len(h, w, 2),
+        1 => {
+            (s1_in_region::<V>(h, w) + out_region::<V>(oh, ow)).max(flat_scratch_len::<V>(h, w, 1))
+        }
+        2 => flat_scratch_len::<V>(h, w, 2),
         _ => panic!("stride must be 1 or 2"),
     }
 }
@@ -126,8 +128,8 @@ pub fn scratch_len(h: usize, w: usize, stride: usize) -> usize {
 /// w = 7: 19 vs 25-31; w = 14: 48-66 vs 35; w = 28: 60 vs 45; w = 112: 63 vs
 /// 35 — the row kernel shares each loaded input row among 3 output rows
 /// (3.75 loads per output vector), the flat one needs 9 + 2 mask loads.
-pub fn uses_flat(w: usize, stride: usize) -> bool {
-    stride == 2 || w <= LANES / 2
+fn uses_flat<V: Vector>(w: usize, stride: usize) -> bool {
+    stride == 2 || w <= V::LANES / 2
 }
 
 /// Greatest common divisor.
@@ -138,20 +140,20 @@ fn gcd(a: usize, b: usize) -> usize {
 
 /// Period, in vectors, of the lane masks of a flat plane with rows of `ow`.
 #[inline]
-fn mask_period(ow: usize) -> usize {
-    ow / gcd(ow, LANES)
+fn mask_period<V: Vector>(ow: usize) -> usize {
+    ow / gcd(ow, V::LANES)
 }
 
 /// Mask vectors in a table: one period plus `U - 1` wrapped copies, so a step
 /// of `U` vectors never wraps inside the table.
 #[inline]
-fn mask_entries(ow: usize) -> usize {
-    mask_period(ow) + dw3x3_flat::U
+fn mask_entries<V: Vector>(ow: usize) -> usize {
+    mask_period::<V>(ow) + dw3x3_flat::U
 }
 
-/// Fills `ml` / `mr` (`mask_entries(ow) * LANES` floats each, `mr` may be
+/// Fills `ml` / `mr` (`mask_entries(ow) * V::LANES` floats each, `mr` may be
 /// empty) with the lane masks of flat vectors `0..mask_entries(ow)`: lane `i`
-/// of vector `v` sits at column `x = (v*LANES + i) % ow`; `ml` clears `x == 0`,
+/// of vector `v` sits at column `x = (v*V::LANES + i) % ow`; `ml` clears `x == 0`,
 /// `mr` clears `x == ow - 1`.
 fn fill_masks(ow: usize, ml: &mut [f32], mr: &mut [f32]) {
     let ones = f32::from_bits(u32::MAX);
@@ -178,10 +180,10 @@ struct S1Layout {
 }
 
 impl S1Layout {
-    fn new(h: usize, w: usize) -> Self {
-        let front = (w + 1).next_multiple_of(LANES);
-        let nvec = (h * w).div_ceil(LANES);
-        S1Layout { front, len: odd_half_pages(front + nvec * LANES + w + 1) }
+    fn new<V: Vector>(h: usize, w: usize) -> Self {
+        let front = (w + 1).next_multiple_of(V::LANES);
+        let nvec = (h * w).div_ceil(V::LANES);
+        S1Layout { front, len: odd_half_pages(front + nvec * V::LANES + w + 1) }
     }
     /// Offset of tap `(ky, kx)` from the flat output position.
     fn offsets(&self, w: usize) -> [usize; 9] {
@@ -190,18 +192,19 @@ impl S1Layout {
 }
 
 /// Stride-2 prepared plane: four phase planes with row stride `ow`, each in a
-/// region of `region` floats whose rows start at `LANES`:
+/// region of `region` floats whose rows start at `V::LANES`:
 /// `A[i][j] = in[2i-1][2j]`, `B[i][j] = in[2i-1][2j+1]` (rows `0..=oh`, row 0
 /// zero), `C[i][j] = in[2i][2j]`, `D[i][j] = in[2i][2j+1]` (rows `0..oh`);
 /// taps past the input are zero.
 #[derive(Clone, Copy)]
 struct S2Layout {
     region: usize,
+    lanes: usize,
 }
 
 impl S2Layout {
-    fn new(oh: usize, ow: usize) -> Self {
-        S2Layout { region: LANES + (oh + 1) * ow + 2 * LANES }
+    fn new<V: Vector>(oh: usize, ow: usize) -> Self {
+        S2Layout { region: V::LANES + (oh + 1) * ow + 2 * V::LANES, lanes: V::LANES }
     }
     /// Floats of one buffer, padded to an odd multiple of half a 4 KiB page, so the
     /// loads from one buffer never 4K-alias the stores into the other one.
@@ -210,7 +213,7 @@ impl S2Layout {
     }
     /// Start of phase plane `p` (0 = A .. 3 = D) inside the buffer.
     fn base(&self, p: usize) -> usize {
-        p * self.region + LANES
+        p * self.region + self.lanes
     }
     /// Offset of tap `(ky, kx)` from the flat output position `q = oy*ow + ox`:
     /// ky = 0 / 2 read odd input rows (A, B at row oy / oy+1), ky = 1 even rows
@@ -223,46 +226,32 @@ impl S2Layout {
 }
 
 /// Floats of scratch the flat drivers need.
-fn flat_scratch_len(h: usize, w: usize, stride: usize) -> usize {
+fn flat_scratch_len<V: Vector>(h: usize, w: usize, stride: usize) -> usize {
     if stride == 1 {
-        2 * mask_entries(w) * LANES + 2 * S1Layout::new(h, w).len
+        2 * mask_entries::<V>(w) * V::LANES + 2 * S1Layout::new::<V>(h, w).len
     } else {
         let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
-        mask_entries(ow) * LANES + 2 * S2Layout::new(oh, ow).len()
+        mask_entries::<V>(ow) * V::LANES + 2 * S2Layout::new::<V>(oh, ow).len()
     }
 }
 
 /// Index vectors that pick the even (`par = 0`) or odd (`par = 1`) columns
 /// of two rows: lanes `j < n` take `2j + par` of the first vector, lanes
-/// `n <= j < 2n` take `2(j-n) + par` of the second (index `LANES + ..`), and
-/// further lanes continue the second row. With `n = LANES / 2` this is a plain
-/// de-interleave of `2*LANES` consecutive floats.
+/// `n <= j < 2n` take `2(j-n) + par` of the second (index `V::LANES + ..`), and
+/// further lanes continue the second row. With `n = V::LANES / 2` this is a plain
+/// de-interleave of `2*V::LANES` consecutive floats.
 #[inline(always)]
-fn pick_index(n: usize, par: usize) -> IndexV {
-    IndexV::new(core::array::from_fn(|j| {
-        let i = if j < n { 2 * j + par } else { LANES + 2 * (j - n) + par };
-        (i % (2 * LANES)) as u32
-    }))
+fn pick_index<V: Vector>(n: usize, par: usize) -> V::Index {
+    V::index(|j| {
+        let i = if j < n { 2 * j + par } else { V::LANES + 2 * (j - n) + par };
+        (i % (2 * V::LANES)) as u32
+    })
 }
 
-/// The lane-index vector type matching [`V`].
-#[cfg(target_feature = "avx512f")]
-type IndexV = wide::u32x16;
-/// The lane-index vector type matching [`V`].
-#[cfg(not(target_feature = "avx512f"))]
-type IndexV = wide::u32x8;
-
-/// Picks lanes of `[a, b]` by `idx` (one `vpermt2ps` on AVX-512).
+/// Loads `V::LANES` floats at `s[i..]`, zero past the end of `s`.
 #[inline(always)]
-fn pick2(a: V, b: V, idx: IndexV) -> V {
-    use wide::ShuffleExt;
-    [a, b].shuffle(idx)
-}
-
-/// Loads `LANES` floats at `s[i..]`, zero past the end of `s`.
-#[inline(always)]
-fn load_or_partial(s: &[f32], i: usize) -> V {
-    if i + LANES <= s.len() { load(s, i) } else { load_partial(s, i.min(s.len())) }
+fn load_or_partial<V: Vector>(s: &[f32], i: usize) -> V {
+    if i + V::LANES <= s.len() { V::load(s, i) } else { V::load_partial(s, i.min(s.len())) }
 }
 
 /// De-interleaves input plane `x` (`h x w`, possibly followed by more input,
@@ -271,7 +260,15 @@ fn load_or_partial(s: &[f32], i: usize) -> V {
 /// the next row of the same phase plane (written later) or the region's
 /// slack; the padding zeros that a spill or a short row could overwrite are
 /// rewritten at the end. Row 0 of A and B is never written.
-fn s2_prepare(x: &[f32], h: usize, w: usize, lay: &S2Layout, buf: &mut [f32], idx: &[IndexV; 2]) {
+#[inline(always)]
+fn s2_prepare<V: Vector>(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    lay: &S2Layout,
+    buf: &mut [f32],
+    idx: &[V::Index; 2],
+) {
     let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
     // Destination (even-column plane, odd-column plane, row) of input row iy.
     let dest = |iy: usize| {
@@ -281,29 +278,29 @@ fn s2_prepare(x: &[f32], h: usize, w: usize, lay: &S2Layout, buf: &mut [f32], id
             (lay.base(0), lay.base(1), iy.div_ceil(2))
         }
     };
-    if 2 * ow <= LANES {
+    if 2 * ow <= V::LANES {
         // Row pairs (iy, iy+2) of one parity fill one vector per phase plane:
         // their destination rows are consecutive.
         for par in 0..2 {
             let mut iy = par;
             while iy < h {
-                let a = load_or_partial(x, iy * w);
-                let b = if iy + 2 < h { load_or_partial(x, (iy + 2) * w) } else { V::ZERO };
+                let a: V = load_or_partial(x, iy * w);
+                let b = if iy + 2 < h { load_or_partial(x, (iy + 2) * w) } else { V::zero() };
                 let (e, o, row) = dest(iy);
-                store(buf, e + row * ow, pick2(a, b, idx[0]));
-                store(buf, o + row * ow, pick2(a, b, idx[1]));
+                V::pick2(a, b, idx[0]).store(buf, e + row * ow);
+                V::pick2(a, b, idx[1]).store(buf, o + row * ow);
                 iy += 4;
             }
         }
     } else {
-        let chunks = ow.div_ceil(LANES);
+        let chunks = ow.div_ceil(V::LANES);
         for iy in 0..h {
             let (e, o, row) = dest(iy);
             for kc in 0..chunks {
-                let s = iy * w + 2 * LANES * kc;
-                let (a, b) = (load_or_partial(x, s), load_or_partial(x, s + LANES));
-                store(buf, e + row * ow + LANES * kc, pick2(a, b, idx[0]));
-                store(buf, o + row * ow + LANES * kc, pick2(a, b, idx[1]));
+                let s = iy * w + 2 * V::LANES * kc;
+                let (a, b): (V, V) = (load_or_partial(x, s), load_or_partial(x, s + V::LANES));
+                V::pick2(a, b, idx[0]).store(buf, e + row * ow + V::LANES * kc);
+                V::pick2(a, b, idx[1]).store(buf, o + row * ow + V::LANES * kc);
             }
         }
     }
@@ -323,12 +320,12 @@ fn s2_prepare(x: &[f32], h: usize, w: usize, lay: &S2Layout, buf: &mut [f32], id
 }
 
 /// Runs the flat kernel over one prepared plane: vectors `0..nvec` of flat
-/// outputs go to `output[o0 + v*LANES ..]` while they fit in `output` (the
+/// outputs go to `output[o0 + v*V::LANES ..]` while they fit in `output` (the
 /// last one spills into the next plane, which is written later); a vector
 /// that would pass the end of `output` goes through a stack tile.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn flat_plane<const MASK_R: bool, A: Act>(
+fn flat_plane<V: Vector, const MASK_R: bool, A: Act>(
     k: &[V; 10],
     src: &[f32],
     offs: &[usize; 9],
@@ -343,20 +340,20 @@ fn flat_plane<const MASK_R: bool, A: Act>(
     let mut v = 0;
     let mut m = 0;
     // LOOP 2: steps of U vectors.
-    while v + U <= nvec && o0 + (v + U) * LANES <= output.len() {
-        let q = v * LANES;
-        dw3x3_flat::<U, MASK_R, A>(k, src, offs, q, ml, mr, m, output, o0 + q);
+    while v + U <= nvec && o0 + (v + U) * V::LANES <= output.len() {
+        let q = v * V::LANES;
+        dw3x3_flat::<V, U, MASK_R, A>(k, src, offs, q, ml, mr, m, output, o0 + q);
         v += U;
         m = (m + U) % period;
     }
     // LOOP 3: the remaining vectors, one at a time.
     while v < nvec {
-        let q = v * LANES;
-        if o0 + q + LANES <= output.len() {
-            dw3x3_flat::<1, MASK_R, A>(k, src, offs, q, ml, mr, m, output, o0 + q);
+        let q = v * V::LANES;
+        if o0 + q + V::LANES <= output.len() {
+            dw3x3_flat::<V, 1, MASK_R, A>(k, src, offs, q, ml, mr, m, output, o0 + q);
         } else {
-            let mut tile = [0.0f32; LANES];
-            dw3x3_flat::<1, MASK_R, A>(k, src, offs, q, ml, mr, m, &mut tile, 0);
+            let mut tile = [0.0f32; MAX_LANES];
+            dw3x3_flat::<V, 1, MASK_R, A>(k, src, offs, q, ml, mr, m, &mut tile, 0);
             let n = output.len() - (o0 + q);
             output[o0 + q..].copy_from_slice(&tile[..n]);
         }
@@ -368,13 +365,14 @@ fn flat_plane<const MASK_R: bool, A: Act>(
 /// The stride-1 flat driver: each plane is copied below a zero row into one
 /// of two buffers (the next plane is copied while the current one is
 /// computed, so the kernel's loads never wait on the copy's stores).
-fn flat_s1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+#[inline(always)]
+fn flat_s1<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let Dw3x3Args { channels, h, w, packed, input, output } = args;
     let hw = h * w;
     let input = &input[..channels * hw];
     let output = &mut output[..channels * hw];
-    let lay = S1Layout::new(h, w);
-    let me = mask_entries(w) * LANES;
+    let lay = S1Layout::new::<V>(h, w);
+    let me = mask_entries::<V>(w) * V::LANES;
     let (masks, rest) = scratch.split_at_mut(2 * me);
     let (ml, mr) = masks.split_at_mut(me);
     fill_masks(w, ml, mr);
@@ -383,8 +381,8 @@ fn flat_s1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let (b0, b1) = bufs.split_at_mut(lay.len);
     let mut bufs = [b0, b1];
     let offs = lay.offsets(w);
-    let nvec = hw.div_ceil(LANES);
-    let period = mask_period(w);
+    let nvec = hw.div_ceil(V::LANES);
+    let period = mask_period::<V>(w);
     let copy = |c: usize, buf: &mut [f32]| {
         buf[lay.front..lay.front + hw].copy_from_slice(&input[c * hw..(c + 1) * hw]);
     };
@@ -398,21 +396,22 @@ fn flat_s1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
         if c + 1 < channels {
             copy(c + 1, next);
         }
-        let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
-        flat_plane::<true, A>(&k, cur, &offs, ml, mr, period, nvec, output, c * hw);
+        let k = splat_weights::<V>(&packed[c * PACKED_PER_CHANNEL..]);
+        flat_plane::<V, true, A>(&k, cur, &offs, ml, mr, period, nvec, output, c * hw);
     }
 }
 
 /// The stride-2 flat driver: each plane is de-interleaved into four phase
 /// planes (double-buffered like [`flat_s1`]), then run through the flat kernel.
-fn flat_s2<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+#[inline(always)]
+fn flat_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let Dw3x3Args { channels, h, w, packed, input, output } = args;
     let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
     let (hw, ohw) = (h * w, oh * ow);
     let input = &input[..channels * hw];
     let output = &mut output[..channels * ohw];
-    let lay = S2Layout::new(oh, ow);
-    let me = mask_entries(ow) * LANES;
+    let lay = S2Layout::new::<V>(oh, ow);
+    let me = mask_entries::<V>(ow) * V::LANES;
     let (ml, rest) = scratch.split_at_mut(me);
     fill_masks(ow, ml, &mut []);
     let bufs = &mut rest[..2 * lay.len()];
@@ -420,22 +419,22 @@ fn flat_s2<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let (b0, b1) = bufs.split_at_mut(lay.len());
     let mut bufs = [b0, b1];
     let offs = lay.offsets(ow);
-    let nvec = ohw.div_ceil(LANES);
-    let period = mask_period(ow);
-    let n = if 2 * ow <= LANES { ow } else { LANES / 2 };
-    let idx = [pick_index(n, 0), pick_index(n, 1)];
+    let nvec = ohw.div_ceil(V::LANES);
+    let period = mask_period::<V>(ow);
+    let n = if 2 * ow <= V::LANES { ow } else { V::LANES / 2 };
+    let idx = [pick_index::<V>(n, 0), pick_index::<V>(n, 1)];
     if channels > 0 {
-        s2_prepare(input, h, w, &lay, bufs[0], &idx);
+        s2_prepare::<V>(input, h, w, &lay, bufs[0], &idx);
     }
     // LOOP 1: channels, in order (spilling stores rely on it).
     for c in 0..channels {
         let [b0, b1] = &mut bufs;
         let (cur, next) = if c % 2 == 0 { (b0, b1) } else { (b1, b0) };
         if c + 1 < channels {
-            s2_prepare(&input[(c + 1) * hw..], h, w, &lay, next, &idx);
+            s2_prepare::<V>(&input[(c + 1) * hw..], h, w, &lay, next, &idx);
         }
-        let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
-        flat_plane::<false, A>(&k, cur, &offs, ml, &[], period, nvec, output, c * ohw);
+        let k = splat_weights::<V>(&packed[c * PACKED_PER_CHANNEL..]);
+        flat_plane::<V, false, A>(&k, cur, &offs, ml, &[], period, nvec, output, c * ohw);
     }
 }
 
@@ -482,24 +481,24 @@ pub struct Dw3x3Args<'a> {
 }
 
 /// Checks the common preconditions and returns `(oh, ow)`.
-fn check_args(args: &Dw3x3Args<'_>, stride: usize, scratch: &[f32]) -> (usize, usize) {
+fn check_args<V: Vector>(args: &Dw3x3Args<'_>, stride: usize, scratch: &[f32]) -> (usize, usize) {
     let Dw3x3Args { channels, h, w, .. } = *args;
     assert!(h >= 1 && w >= 1, "planes must be at least 1x1");
     let (oh, ow) = (out_dim(h, stride), out_dim(w, stride));
     let n_in =
         channels.checked_mul(h).and_then(|x| x.checked_mul(w)).expect("input size overflows");
-    let n_out = channels * oh * ow;
+    let n_out = channels * oh * ow; // <= n_in, which did not overflow
     assert!(args.packed.len() >= channels * PACKED_PER_CHANNEL, "packed weights too short");
     assert!(args.input.len() >= n_in, "input too short");
     assert!(args.output.len() >= n_out, "output too short");
-    assert!(scratch.len() >= scratch_len(h, w, stride), "scratch too short");
+    assert!(scratch.len() >= scratch_len_of::<V>(h, w, stride), "scratch too short");
     (oh, ow)
 }
 
 /// Splats one channel's packed block into registers.
 #[inline(always)]
-fn splat_weights(blk: &[f32]) -> [V; 10] {
-    let mut k = [V::ZERO; 10];
+fn splat_weights<V: Vector>(blk: &[f32]) -> [V; 10] {
+    let mut k = [V::zero(); 10];
     for (v, &x) in k.iter_mut().zip(blk[..PACKED_PER_CHANNEL].iter()) {
         *v = V::splat(x);
     }
@@ -508,24 +507,67 @@ fn splat_weights(blk: &[f32]) -> [V; 10] {
 
 /// The first output column of column vector `j` of a row of `ow` outputs.
 #[inline(always)]
-fn col_start(j: usize, ow: usize) -> usize {
-    (j * LANES).min(ow.saturating_sub(LANES))
+fn col_start<V: Vector>(j: usize, ow: usize) -> usize {
+    (j * V::LANES).min(ow.saturating_sub(V::LANES))
 }
 
-/// Depthwise 3x3, stride 1, padding 1: computes `output[..channels*h*w]`
-/// from `input[..channels*h*w]` (see the module docs for the formula).
+/// Depthwise 3x3, stride 1, padding 1, with `isa`'s kernels
+/// (`dw3x3_s1p1_8x<LANES>__<isa>`): computes `output[..channels*h*w]` from
+/// `input[..channels*h*w]` (see the module docs for the formula).
 ///
 /// Writes exactly `output[..channels*h*w]` and reads only
 /// `input[..channels*h*w]`, `packed[..channels*PACKED_PER_CHANNEL]` and
-/// `scratch[..scratch_len(h, w, 1)]`. Does not allocate.
+/// `scratch[..scratch_len(isa, h, w, 1)]`. Does not allocate.
 ///
 /// # Panics
 /// If `h == 0` or `w == 0`, if `packed`, `input` or `output` is shorter than
-/// the shapes imply, or if `scratch.len() < scratch_len(h, w, 1)`.
-pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
-    let (oh, ow) = check_args(&args, 1, scratch);
-    if uses_flat(args.w, 1) {
-        return flat_s1::<A>(args, scratch);
+/// the shapes imply, or if `scratch.len() < scratch_len(isa, h, w, 1)`.
+pub fn dw3x3_s1p1(isa: Isa, act: Activation, args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+    run_dw(isa, act, 1, args, scratch)
+}
+
+/// Depthwise 3x3, stride 2, padding 1, with `isa`'s kernel
+/// (`dw3x3_s2p1_4x<LANES>__<isa>`): computes `output[..channels*oh*ow]`,
+/// `oh = (h+1)/2`, `ow = (w+1)/2`, from `input[..channels*h*w]` (see the
+/// module docs for the formula).
+///
+/// Writes exactly `output[..channels*oh*ow]` and reads only
+/// `input[..channels*h*w]`, `packed[..channels*PACKED_PER_CHANNEL]` and
+/// `scratch[..scratch_len(isa, h, w, 2)]`. Does not allocate.
+///
+/// # Panics
+/// If `h == 0` or `w == 0`, if `packed`, `input` or `output` is shorter than
+/// the shapes imply, or if `scratch.len() < scratch_len(isa, h, w, 2)`.
+pub fn dw3x3_s2p1(isa: Isa, act: Activation, args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+    run_dw(isa, act, 2, args, scratch)
+}
+
+fn run_dw(isa: Isa, act: Activation, stride: usize, args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+    struct Run<'a, 'b, A>(usize, Dw3x3Args<'a>, &'b mut [f32], core::marker::PhantomData<A>);
+    impl<A: Act> Job for Run<'_, '_, A> {
+        type Out = ();
+        #[inline(always)]
+        fn run<V: Vector>(self) {
+            let Run(stride, args, scratch, _) = self;
+            if stride == 1 {
+                s1_body::<V, A>(args, scratch)
+            } else {
+                check_args::<V>(&args, 2, scratch);
+                flat_s2::<V, A>(args, scratch)
+            }
+        }
+    }
+    fn go<A: Act>(isa: Isa, stride: usize, args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+        dispatch(isa, Run::<A>(stride, args, scratch, core::marker::PhantomData))
+    }
+    with_act!(act, go::<_>(isa, stride, args, scratch))
+}
+
+#[inline(always)]
+fn s1_body<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
+    let (oh, ow) = check_args::<V>(&args, 1, scratch);
+    if uses_flat::<V>(args.w, 1) {
+        return flat_s1::<V, A>(args, scratch);
     }
     let Dw3x3Args { channels, h, w, packed, input, output } = args;
     let hw = h * w;
@@ -534,52 +576,62 @@ pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
 
     // Lane masks: `all` keeps every lane, `ml0` clears lane 0 (the left tap of
     // column 0), `mr_last` clears the right tap of column w-1 in the row's last
-    // vector (lane w-1 when w < LANES, lane LANES-1 when it is moved to end at w).
+    // vector (lane w-1 when w < V::LANES, lane V::LANES-1 when it is moved to end at w).
     let ones = f32::from_bits(u32::MAX);
-    let mut m = [ones; LANES];
-    m[0] = 0.0;
-    let ml0 = V::new(m);
-    let mut m = [ones; LANES];
-    m[w.min(LANES) - 1] = 0.0;
-    let mr_last = V::new(m);
-    let ncol = w.div_ceil(LANES);
-    let (nband, rows) = bands(oh, R_MAX);
+    let ml0 = V::from_fn(|j| if j == 0 { 0.0 } else { ones });
+    let last = w.min(V::LANES) - 1;
+    let mr_last = V::from_fn(|j| if j == last { 0.0 } else { ones });
+    let masks = (ml0, mr_last);
 
-    let plane = |k: &[V; 10], src: &[f32], in_off: usize, dst: &mut [f32], out_off: usize| {
-        // LOOP 2: bands of `rows` output rows (the last one moved up to end at oh).
-        for b in 0..nband {
-            let oy0 = (b * rows).min(oh - rows);
-            let top = oy0 == 0;
-            let bot = oy0 + rows == oh;
-            // LOOP 3: column vectors (the last one moved left to end at ow).
-            for j in 0..ncol {
-                let ox0 = col_start(j, ow);
-                let edge = if ox0 == 0 { EDGE_LEFT } else { 0 }
-                    | if j + 1 == ncol { EDGE_RIGHT } else { 0 };
-                let io = in_off + oy0 * w + ox0;
-                let oo = out_off + oy0 * ow + ox0;
-                s1_band::<A>(rows, top, bot, edge, k, src, io, w, ml0, mr_last, dst, oo, ow);
-            }
-        }
-    };
-
-    let (s_in, s_out) = scratch.split_at_mut(s1_in_region(h, w));
-    let s_out = &mut s_out[..out_region(oh, ow)];
+    let (s_in, s_out) = scratch.split_at_mut(s1_in_region::<V>(h, w));
+    let s_out = &mut s_out[..out_region::<V>(oh, ow)];
     // LOOP 1: channels, in order (spilling stores rely on it).
     for c in 0..channels {
-        let k = splat_weights(&packed[c * PACKED_PER_CHANNEL..]);
+        let k = splat_weights::<V>(&packed[c * PACKED_PER_CHANNEL..]);
         let fast = c >= 1
-            && c * hw + s1_in_region(h, w) - 1 <= input.len()
-            && c * hw + out_region(oh, ow) <= output.len();
+            && c * hw + s1_in_region::<V>(h, w) - 1 <= input.len()
+            && c * hw + out_region::<V>(oh, ow) <= output.len();
         if fast {
-            plane(&k, input, c * hw, output, c * hw);
+            s1_plane::<V, A>(&k, [h, w], masks, input, c * hw, output, c * hw);
         } else {
             // Edge plane: a copy with one zero before it and zeros after it.
             s_in[0] = 0.0;
             s_in[1..1 + hw].copy_from_slice(&input[c * hw..(c + 1) * hw]);
             s_in[1 + hw..].fill(0.0);
-            plane(&k, s_in, 1, s_out, 0);
+            s1_plane::<V, A>(&k, [h, w], masks, s_in, 1, s_out, 0);
             output[c * hw..(c + 1) * hw].copy_from_slice(&s_out[..hw]);
+        }
+    }
+}
+
+/// One stride-1 plane through the band kernel (a function, not a closure: a
+/// closure would be compiled without the ISA's target features).
+#[inline(always)]
+fn s1_plane<V: Vector, A: Act>(
+    k: &[V; 10],
+    [h, w]: [usize; 2],
+    (ml0, mr_last): (V, V),
+    src: &[f32],
+    in_off: usize,
+    dst: &mut [f32],
+    out_off: usize,
+) {
+    let (oh, ow) = (h, w);
+    let ncol = w.div_ceil(V::LANES);
+    let (nband, rows) = bands(oh, R_MAX);
+    // LOOP 2: bands of `rows` output rows (the last one moved up to end at oh).
+    for b in 0..nband {
+        let oy0 = (b * rows).min(oh - rows);
+        let top = oy0 == 0;
+        let bot = oy0 + rows == oh;
+        // LOOP 3: column vectors (the last one moved left to end at ow).
+        for j in 0..ncol {
+            let ox0 = col_start::<V>(j, ow);
+            let edge =
+                if ox0 == 0 { EDGE_LEFT } else { 0 } | if j + 1 == ncol { EDGE_RIGHT } else { 0 };
+            let io = in_off + oy0 * w + ox0;
+            let oo = out_off + oy0 * ow + ox0;
+            s1_band::<V, A>(rows, top, bot, edge, k, src, io, w, ml0, mr_last, dst, oo, ow);
         }
     }
 }
@@ -588,7 +640,7 @@ pub fn dw3x3_s1p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
 /// vertical padding.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn s1_band<A: Act>(
+fn s1_band<V: Vector, A: Act>(
     rows: usize,
     top: bool,
     bot: bool,
@@ -605,7 +657,7 @@ fn s1_band<A: Act>(
 ) {
     macro_rules! go {
         ($r:literal) => {
-            s1_band_r::<$r, A>(top, bot, edge, k, input, io, w, ml, mr, output, oo, ow)
+            s1_band_r::<V, $r, A>(top, bot, edge, k, input, io, w, ml, mr, output, oo, ow)
         };
     }
     match rows {
@@ -626,7 +678,7 @@ fn s1_band<A: Act>(
 /// padding variants are not instantiated for them.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn s1_band_r<const R: usize, A: Act>(
+fn s1_band_r<V: Vector, const R: usize, A: Act>(
     top: bool,
     bot: bool,
     edge: u8,
@@ -643,14 +695,14 @@ fn s1_band_r<const R: usize, A: Act>(
     macro_rules! go {
         ($t:literal, $b:literal) => {
             match edge {
-                0 => dw3x3_s1p1_band::<R, $t, $b, 0, A>(k, input, io, w, ml, mr, output, oo, ow),
-                EDGE_LEFT => dw3x3_s1p1_band::<R, $t, $b, EDGE_LEFT, A>(
+                0 => dw3x3_s1p1_band::<V, R, $t, $b, 0, A>(k, input, io, w, ml, mr, output, oo, ow),
+                EDGE_LEFT => dw3x3_s1p1_band::<V, R, $t, $b, EDGE_LEFT, A>(
                     k, input, io, w, ml, mr, output, oo, ow,
                 ),
-                EDGE_RIGHT => dw3x3_s1p1_band::<R, $t, $b, EDGE_RIGHT, A>(
+                EDGE_RIGHT => dw3x3_s1p1_band::<V, R, $t, $b, EDGE_RIGHT, A>(
                     k, input, io, w, ml, mr, output, oo, ow,
                 ),
-                _ => dw3x3_s1p1_band::<R, $t, $b, 3, A>(k, input, io, w, ml, mr, output, oo, ow),
+                _ => dw3x3_s1p1_band::<V, R, $t, $b, 3, A>(k, input, io, w, ml, mr, output, oo, ow),
             }
         };
     }
@@ -674,20 +726,4 @@ fn s1_band_r<const R: usize, A: Act>(
 fn bands(oh: usize, r_max: usize) -> (usize, usize) {
     let nb = oh.div_ceil(r_max);
     (nb, oh.div_ceil(nb))
-}
-
-/// Depthwise 3x3, stride 2, padding 1: computes `output[..channels*oh*ow]`,
-/// `oh = (h+1)/2`, `ow = (w+1)/2`, from `input[..channels*h*w]` (see the
-/// module docs for the formula).
-///
-/// Writes exactly `output[..channels*oh*ow]` and reads only
-/// `input[..channels*h*w]`, `packed[..channels*PACKED_PER_CHANNEL]` and
-/// `scratch[..scratch_len(h, w, 2)]`. Does not allocate.
-///
-/// # Panics
-/// If `h == 0` or `w == 0`, if `packed`, `input` or `output` is shorter than
-/// the shapes imply, or if `scratch.len() < scratch_len(h, w, 2)`.
-pub fn dw3x3_s2p1<A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
-    check_args(&args, 2, scratch);
-    flat_s2::<A>(args, scratch)
 }

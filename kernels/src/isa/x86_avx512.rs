@@ -1,0 +1,118 @@
+//! The AVX-512F instantiation: [`V512`], one `__m512` (16 lanes), and the
+//! `#[target_feature]` entry point that compiles a [`Job`] for it.
+//!
+//! Every intrinsic call below sits in an `unsafe` block whose justification
+//! is the same: a `V512` only exists inside [`run`], which is only called
+//! after the CPU was checked for AVX-512F, AVX2 and FMA (module docs of
+//! [`super`]).
+
+use core::arch::x86_64::*;
+
+use super::x86_avx2::V256;
+use super::{Job, Vector};
+
+/// Runs `job` compiled for AVX-512F (+AVX2, FMA).
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn run<J: Job>(job: J) -> J::Out {
+    job.run::<V512>()
+}
+
+/// Sixteen f32 lanes in one zmm register.
+#[derive(Clone, Copy, Debug)]
+#[repr(transparent)]
+pub(crate) struct V512(__m512);
+
+/// Lane indices for `vpermt2ps`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Idx512(__m512i);
+
+impl Vector for V512 {
+    const LANES: usize = 16;
+    // 8 x 3 accumulators = 24 zmm, + 3 loads of B + 1 broadcast: of 32.
+    const GEMM_MR: usize = 8;
+    const GEMM_NRV: usize = 3;
+    type V8 = V256;
+    type Index = Idx512;
+
+    #[inline(always)]
+    fn zero() -> Self {
+        // SAFETY: AVX-512F is present (module docs).
+        V512(unsafe { _mm512_setzero_ps() })
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self {
+        // SAFETY: AVX-512F is present (module docs).
+        V512(unsafe { _mm512_set1_ps(x) })
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(p: *const f32) -> Self {
+        // SAFETY: the caller guarantees 16 readable floats at `p`; loadu has no
+        // alignment requirement; AVX-512F is present (module docs).
+        V512(unsafe { _mm512_loadu_ps(p) })
+    }
+    #[inline(always)]
+    unsafe fn store_ptr(self, p: *mut f32) {
+        // SAFETY: the caller guarantees 16 writable floats at `p`; storeu has
+        // no alignment requirement; AVX-512F is present (module docs).
+        unsafe { _mm512_storeu_ps(p, self.0) }
+    }
+    #[inline(always)]
+    fn mul_add(self, b: Self, c: Self) -> Self {
+        // SAFETY: AVX-512F is present (module docs).
+        V512(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
+    }
+    #[inline(always)]
+    fn mul(self, b: Self) -> Self {
+        // SAFETY: AVX-512F is present (module docs).
+        V512(unsafe { _mm512_mul_ps(self.0, b.0) })
+    }
+    #[inline(always)]
+    fn add(self, b: Self) -> Self {
+        // SAFETY: AVX-512F is present (module docs).
+        V512(unsafe { _mm512_add_ps(self.0, b.0) })
+    }
+    #[inline(always)]
+    fn and(self, b: Self) -> Self {
+        // `vandps zmm` needs AVX-512DQ; the integer AND is AVX-512F and the
+        // casts are free.
+        // SAFETY: AVX-512F is present (module docs).
+        V512(unsafe {
+            _mm512_castsi512_ps(_mm512_and_si512(
+                _mm512_castps_si512(self.0),
+                _mm512_castps_si512(b.0),
+            ))
+        })
+    }
+    #[inline(always)]
+    fn relu(self) -> Self {
+        // maxps(a, b) = a > b ? a : b: with a = 0, NaN and -0.0 in b give b.
+        // SAFETY: AVX-512F is present (module docs).
+        V512(unsafe { _mm512_max_ps(_mm512_setzero_ps(), self.0) })
+    }
+    #[inline(always)]
+    fn reduce_add(self) -> f32 {
+        // SAFETY: AVX-512F is present (module docs).
+        unsafe { _mm512_reduce_add_ps(self.0) }
+    }
+    #[inline(always)]
+    fn index(f: impl Fn(usize) -> u32) -> Idx512 {
+        let a: [u32; 16] = core::array::from_fn(|j| f(j) % 32);
+        // SAFETY: `a` is 64 readable bytes; loadu has no alignment requirement;
+        // AVX-512F is present (module docs).
+        Idx512(unsafe { _mm512_loadu_si512(a.as_ptr().cast()) })
+    }
+    #[inline(always)]
+    fn pick2(a: Self, b: Self, idx: Idx512) -> Self {
+        // One `vpermt2ps`: index bit 4 selects the source.
+        // SAFETY: AVX-512F is present (module docs).
+        V512(unsafe { _mm512_permutex2var_ps(a.0, idx.0, b.0) })
+    }
+    #[inline(always)]
+    fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32 {
+        // Compiled with FMA enabled, this is one `vfmadd`, not a libm call.
+        a.mul_add(b, c)
+    }
+}
