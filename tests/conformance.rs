@@ -1,18 +1,27 @@
-//! Every specialised kernel, through `Conv2d`, against the reference:
-//! random shapes that straddle register-tile borders, the canonical edge
-//! cases, NaN canaries around the output view, NaN guard bands around the
-//! input (an out-of-bounds read would poison a result), odd slice offsets,
-//! and bitwise-identical results for serial and 1/2/3-thread runs.
+//! Every specialised kernel on every instruction set this CPU has, through
+//! `Conv2d`, against the reference: random shapes that straddle the register
+//! tiles of every ISA, the canonical edge cases, NaN canaries around the
+//! output view, NaN guard bands around the input (an out-of-bounds read would
+//! poison a result), odd slice offsets, bitwise-identical results for serial
+//! and 1/2/3-thread runs of each ISA, and guards that every registry entry the
+//! CPU supports ran, with the ISA's own instructions.
 
 mod common;
 
 use common::{check_close, ref_conv, values};
 use proptest::prelude::*;
 use repconv::conv::{Family, KernelChoice};
-use repconv::{Activation, Conv2d, Conv2dParams, Parallelism, TensorView, TensorViewMut};
-use repconv_kernels::conv1x1::{MR, NR};
-use repconv_kernels::lanes::LANES;
+use repconv::{
+    Activation, Conv2d, Conv2dParams, Isa, IsaKind, Parallelism, TensorView, TensorViewMut,
+};
 use repconv_kernels::reference::conv2d_nchw_ref;
+use repconv_kernels::{KERNELS, Op};
+
+/// The largest tile dimensions of any ISA (AVX-512: 8 x 48, 16 lanes): the
+/// strategies straddle these, and so the smaller ones too.
+const MR: usize = 8;
+const NR: usize = 48;
+const LANES: usize = 16;
 
 /// One conformance problem.
 #[derive(Clone, Debug)]
@@ -31,12 +40,21 @@ impl Problem {
         if self.relu { Activation::Relu } else { Activation::None }
     }
 
-    fn build(&self, choice: KernelChoice) -> Conv2d {
-        let p = &self.params;
-        let weights = values(self.seed, p.weight_len().unwrap());
-        let bias: Vec<f32> =
-            values(self.seed ^ 7, p.out_channels).iter().map(|b| b + self.bias_shift).collect();
-        Conv2d::with_choice(*p, &weights, Some(&bias), self.act(), choice).unwrap()
+    fn weights(&self) -> Vec<f32> {
+        values(self.seed, self.params.weight_len().unwrap())
+    }
+
+    fn bias(&self) -> Vec<f32> {
+        let b = values(self.seed ^ 7, self.params.out_channels);
+        b.iter().map(|b| b + self.bias_shift).collect()
+    }
+
+    fn build(&self, choice: KernelChoice, isa: Isa) -> Conv2d {
+        let (weights, bias) = (self.weights(), self.bias());
+        Conv2d::with_choice(self.params, &weights, Some(&bias), self.act(), choice)
+            .unwrap()
+            .with_isa(isa)
+            .unwrap()
     }
 
     /// Runs `conv` on the problem's input inside NaN guard bands and returns
@@ -64,11 +82,18 @@ impl Problem {
         Ok(out)
     }
 
+    /// [`Problem::check_isa`] on every ISA this CPU has.
     fn check(&self, family: Family) -> Result<(), String> {
-        let conv = self.build(KernelChoice::Auto);
-        if conv.plan().family() != family {
+        Isa::available().try_for_each(|isa| self.check_isa(family, isa))
+    }
+
+    fn check_isa(&self, family: Family, isa: Isa) -> Result<(), String> {
+        let choice =
+            if family == Family::General { KernelChoice::General } else { KernelChoice::Auto };
+        let conv = self.build(choice, isa);
+        if conv.plan().family() != family || conv.isa() != isa {
             return Err(format!(
-                "planned {:?} ({}), expected {family:?}",
+                "planned {:?} ({}), expected {family:?} on {isa}",
                 conv.plan().family(),
                 conv.kernel_name()
             ));
@@ -76,7 +101,8 @@ impl Problem {
         let got = self.run(&conv)?;
         let rp = ref_conv(&self.params, self.shape, self.act());
         let x = values(self.seed ^ 3, self.shape.iter().product());
-        let (want, mag) = conv2d_nchw_ref(&rp, &x, conv.weights(), conv.bias());
+        // The oracle gets the data this test made, not what `conv` stored.
+        let (want, mag) = conv2d_nchw_ref(&rp, &x, &self.weights(), Some(&self.bias()));
         check_close(&got, &want, &mag).map_err(|e| format!("{} {e}", conv.kernel_name()))?;
         // Any split of the work gives the same bits.
         let serial = self.run(&conv.clone().with_parallelism(Parallelism::Serial))?;
@@ -84,7 +110,7 @@ impl Problem {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let par = pool.install(|| self.run(&conv.clone().with_parallel_threshold(0)))?;
             if par.iter().map(|v| v.to_bits()).ne(serial.iter().map(|v| v.to_bits())) {
-                return Err(format!("{threads}-thread result differs from serial"));
+                return Err(format!("{}: {threads}-thread result differs", conv.kernel_name()));
             }
         }
         if got.iter().map(|v| v.to_bits()).ne(serial.iter().map(|v| v.to_bits())) {
@@ -131,7 +157,7 @@ fn extras() -> impl Strategy<Value = (bool, f32, u64, usize)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn conv1x1_matches_reference(
@@ -186,11 +212,12 @@ fn canonical(
     family: Family,
     make: impl Fn(usize, usize, usize, usize) -> (Conv2dParams, [usize; 4]),
 ) {
-    let widths = [1, LANES - 1, LANES, LANES + 1, NR - 1, NR, NR + 1, 2 * NR, 2 * NR + 1, 31, 37];
+    // Around 8 and 16 lanes and the 16- and 48-pixel tiles.
+    let widths = [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 37, 47, 48, 49, 96, 97];
     let mut seed = 1;
     for &w in &widths {
         for &(cin, cout, h) in
-            &[(1, 1, 1), (1, MR, 3), (3, MR + 1, 2), (5, 2 * MR, 5), (LANES + 1, 3 * MR - 1, 4)]
+            &[(1, 1, 1), (1, 6, 3), (1, MR, 3), (3, 7, 2), (3, MR + 1, 2), (5, 12, 5), (17, 23, 4)]
         {
             for relu in [false, true] {
                 seed += 1;
@@ -272,39 +299,131 @@ fn nan_propagates_like_pytorch() {
 
 #[test]
 fn plan_table_maps_shapes_to_kernels() {
-    use repconv_kernels::{conv1x1 as k1, conv3x3 as k3, dwconv3x3 as kd};
-    let cases: Vec<(Conv2dParams, &str)> = vec![
-        (Conv2dParams::new(128, 128, [1, 1]), k1::NAME),
-        (Conv2dParams::new(3, 48, [3, 3]).with_stride([2, 2]).with_padding([1, 1]), k3::NAME_S2),
-        (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]), k3::NAME_S1),
-        (Conv2dParams::new(48, 48, [3, 3]).with_padding([1, 1]).with_groups(48), kd::NAME_S1),
+    let cases: Vec<(Conv2dParams, Op)> = vec![
+        (Conv2dParams::new(128, 128, [1, 1]), Op::Conv1x1),
+        (Conv2dParams::new(3, 48, [3, 3]).with_stride([2, 2]).with_padding([1, 1]), Op::Conv3x3S2),
+        (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]), Op::Conv3x3S1),
+        (Conv2dParams::new(48, 48, [3, 3]).with_padding([1, 1]).with_groups(48), Op::Dw3x3S1),
         (
             Conv2dParams::new(256, 256, [3, 3])
                 .with_stride([2, 2])
                 .with_padding([1, 1])
                 .with_groups(256),
-            kd::NAME_S2,
+            Op::Dw3x3S2,
         ),
-        (Conv2dParams::new(1, 1, [3, 3]).with_padding([1, 1]), k3::NAME_S1),
-        (Conv2dParams::new(48, 48, [1, 1]).with_groups(48), repconv_kernels::dwconv1x1::NAME_S1),
-        (
-            Conv2dParams::new(48, 48, [1, 1]).with_stride([2, 2]).with_groups(48),
-            repconv_kernels::dwconv1x1::NAME_S2,
-        ),
+        (Conv2dParams::new(1, 1, [3, 3]).with_padding([1, 1]), Op::Conv3x3S1),
+        (Conv2dParams::new(48, 48, [1, 1]).with_groups(48), Op::Dw1x1S1),
+        (Conv2dParams::new(48, 48, [1, 1]).with_stride([2, 2]).with_groups(48), Op::Dw1x1S2),
         // Near misses fall back to the general path.
-        (Conv2dParams::new(48, 96, [3, 3]).with_padding([1, 1]).with_groups(48), "general"),
-        (Conv2dParams::new(48, 48, [3, 3]).with_groups(48), "general"),
-        (Conv2dParams::new(64, 64, [1, 1]).with_stride([2, 2]), "general"),
-        (Conv2dParams::new(64, 64, [1, 1]).with_padding([1, 1]), "general"),
-        (Conv2dParams::new(64, 64, [3, 3]), "general"),
-        (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]).with_dilation([2, 2]), "general"),
-        (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]).with_stride([1, 2]), "general"),
-        (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]).with_groups(2), "general"),
-        (Conv2dParams::new(64, 64, [5, 5]).with_padding([2, 2]), "general"),
+        (Conv2dParams::new(48, 96, [3, 3]).with_padding([1, 1]).with_groups(48), Op::General),
+        (Conv2dParams::new(48, 48, [3, 3]).with_groups(48), Op::General),
+        (Conv2dParams::new(64, 64, [1, 1]).with_stride([2, 2]), Op::General),
+        (Conv2dParams::new(64, 64, [1, 1]).with_padding([1, 1]), Op::General),
+        (Conv2dParams::new(64, 64, [3, 3]), Op::General),
+        (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]).with_dilation([2, 2]), Op::General),
+        (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]).with_stride([1, 2]), Op::General),
+        (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]).with_groups(2), Op::General),
+        (Conv2dParams::new(64, 64, [5, 5]).with_padding([2, 2]), Op::General),
     ];
-    for (p, want) in cases {
-        let conv =
-            Conv2d::new(p, &vec![0.0; p.weight_len().unwrap()], None, Activation::None).unwrap();
-        assert!(conv.kernel_name().starts_with(want), "{p:?}: {} != {want}", conv.kernel_name());
+    for isa in Isa::available() {
+        for (p, op) in &cases {
+            let w = vec![0.0; p.weight_len().unwrap()];
+            let conv = Conv2d::new(*p, &w, None, Activation::None).unwrap().with_isa(isa).unwrap();
+            let k = conv.plan().kernel();
+            assert_eq!((k.op, k.isa), (*op, isa.kind()), "{p:?} on {isa}: {}", k.name);
+            assert!(conv.kernel_name().ends_with(&format!("__{isa}")), "{}", conv.kernel_name());
+        }
+    }
+}
+
+/// A problem that the planner sends to `op`, small enough to check quickly.
+fn problem_for(op: Op, seed: u64) -> (Problem, Family) {
+    let (pair, family) = match op {
+        Op::Conv1x1 => (conv1x1(5, 13, 1, 3, 53), Family::Conv1x1),
+        Op::Conv3x3S1 => (conv3x3(3, 11, 1, 1, 6, 51), Family::Conv3x3),
+        Op::Conv3x3S2 => (conv3x3(3, 11, 2, 1, 7, 53), Family::Conv3x3),
+        Op::Dw3x3S1 => (dw3x3(5, 1, 1, 9, 37), Family::Dw3x3),
+        Op::Dw3x3S2 => (dw3x3(5, 2, 1, 9, 37), Family::Dw3x3),
+        Op::Dw1x1S1 | Op::Dw1x1S2 => {
+            let s = if op == Op::Dw1x1S1 { 1 } else { 2 };
+            let p = Conv2dParams::new(5, 5, [1, 1]).with_stride([s, s]).with_groups(5);
+            ((p, [1, 5, 7, 37]), Family::Dw1x1)
+        }
+        Op::General => {
+            let p = Conv2dParams::new(4, 6, [2, 3]).with_padding([1, 0]).with_dilation([1, 2]);
+            ((p, [1, 4, 6, 41]), Family::General)
+        }
+    };
+    (problem(pair, true, 0.0, seed, 3), family)
+}
+
+/// No silent skips: every registry entry whose ISA this CPU has is planned
+/// and checked against the reference here, and every ISA the CPU reports
+/// (asked directly, not through repconv) is available to repconv.
+#[test]
+fn every_supported_registry_entry_runs_and_matches() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = |f: &str| match f {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+            _ => std::arch::is_x86_feature_detected!("fma"),
+        };
+        let avx2 = has("avx2") && has("fma");
+        assert_eq!(Isa::new(IsaKind::Avx2).is_ok(), avx2, "AVX2+FMA detection");
+        assert_eq!(Isa::new(IsaKind::Avx512).is_ok(), avx2 && has("avx512f"), "AVX-512 detection");
+    }
+    let mut ran = 0;
+    for (i, k) in KERNELS.iter().enumerate() {
+        let Ok(isa) = Isa::new(k.isa) else { continue };
+        let (p, family) = problem_for(k.op, 100 + i as u64);
+        let choice =
+            if family == Family::General { KernelChoice::General } else { KernelChoice::Auto };
+        assert_eq!(p.build(choice, isa).kernel_name(), k.name, "problem_for({:?})", k.op);
+        p.check_isa(family, isa).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+        ran += 1;
+    }
+    let expected = Isa::available().count() * KERNELS.len() / IsaKind::ALL.len();
+    assert_eq!(ran, expected, "registry entries exercised");
+}
+
+/// The x86 instantiations really run their own instructions: `a * a + c`
+/// with `a = 1 + 2^-12`, `c = -(1 + 2^-11)` is `2^-24` when fused (one
+/// rounding) and `0` when the product is rounded first (to even), as the
+/// portable SSE2 build does. The GEMM, both depthwise 3x3 and the depthwise
+/// 1x1 kernels are probed through `Conv2d`.
+#[test]
+fn x86_isas_execute_fused_multiply_add() {
+    let a = 1.0 + 2f32.powi(-12);
+    let c = -(1.0 + 2f32.powi(-11));
+    let fused = a.mul_add(a, c);
+    assert_eq!(fused, 2f32.powi(-24));
+    assert_eq!(std::hint::black_box(a) * std::hint::black_box(a) + c, 0.0);
+    let probes: Vec<(Conv2dParams, [usize; 4])> = vec![
+        conv1x1(1, 9, 1, 3, 53),
+        dw3x3(2, 1, 1, 5, 37),
+        dw3x3(2, 2, 1, 5, 37),
+        (Conv2dParams::new(2, 2, [1, 1]).with_groups(2), [1, 2, 5, 37]),
+    ];
+    for isa in Isa::available().filter(|i| i.kind() != IsaKind::Portable) {
+        for (p, shape) in &probes {
+            // Only the centre tap is `a`; every input is `a`; the bias is `c`.
+            let mut w = vec![0.0; p.weight_len().unwrap()];
+            let taps = p.kernel[0] * p.kernel[1];
+            for (o, chunk) in w.chunks_mut(taps * p.in_per_group()).enumerate() {
+                chunk[(o % p.in_per_group()) * taps + taps / 2] = a;
+            }
+            let bias = vec![c; p.out_channels];
+            let conv =
+                Conv2d::new(*p, &w, Some(&bias), Activation::None).unwrap().with_isa(isa).unwrap();
+            let x = repconv::Tensor::full(*shape, a).unwrap();
+            let y = conv.forward(&x).unwrap();
+            let [_, _, oh, ow] = y.shape();
+            // An interior pixel of every channel (its centre tap is in bounds).
+            for plane in y.as_slice().chunks(oh * ow) {
+                let v = plane[(oh / 2) * ow + ow / 2];
+                assert_eq!(v, fused, "{} on {isa} did not fuse", conv.kernel_name());
+            }
+        }
     }
 }

@@ -4,11 +4,10 @@
 //! `cargo bench -p repconv-kernels --bench dwconv3x3`
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use repconv_kernels::act::Relu;
 use repconv_kernels::dwconv3x3::{
-    Dw3x3Args, NAME_S1, NAME_S2, PACKED_PER_CHANNEL, dw3x3_s1p1, dw3x3_s2p1, pack_weights,
-    scratch_len,
+    Dw3x3Args, PACKED_PER_CHANNEL, dw3x3_s1p1, dw3x3_s2p1, pack_weights, scratch_len,
 };
+use repconv_kernels::{Activation, Isa, Op, kernel_info};
 use std::hint::black_box;
 
 /// `(channels, h = w, stride)`: MobileOne S0/S1 depthwise layers (SHAPES.md)
@@ -38,28 +37,32 @@ fn bench(c: &mut Criterion) {
         let mut packed = vec![0.0; ch * PACKED_PER_CHANNEL];
         pack_weights(&weights, Some(&bias), ch, &mut packed);
         let mut output = vec![0.0; ch * oh * ow];
-        let mut scratch = vec![0.0; scratch_len(h, w, stride)];
         group.throughput(Throughput::Elements((2 * 9 * ch * oh * ow) as u64));
-        let name = if stride == 1 { NAME_S1 } else { NAME_S2 };
-        let id = BenchmarkId::new(name, format!("c{ch}o{ch}h{h}w{w}s{stride}"));
-        group.bench_function(id, |b| {
-            b.iter(|| {
-                let args = Dw3x3Args {
-                    channels: ch,
-                    h,
-                    w,
-                    packed: &packed,
-                    input: black_box(&input),
-                    output: &mut output,
-                };
-                if stride == 1 {
-                    dw3x3_s1p1::<Relu>(args, &mut scratch);
-                } else {
-                    dw3x3_s2p1::<Relu>(args, &mut scratch);
-                }
-                black_box(&mut output);
-            })
-        });
+        // Every instantiation this CPU runs, named as in the registry.
+        for isa in Isa::available() {
+            let mut scratch = vec![0.0; scratch_len(isa, h, w, stride)];
+            let op = if stride == 1 { Op::Dw3x3S1 } else { Op::Dw3x3S2 };
+            let id =
+                BenchmarkId::new(kernel_info(op, isa).name, format!("c{ch}o{ch}h{h}w{w}s{stride}"));
+            group.bench_function(id, |b| {
+                b.iter(|| {
+                    let args = Dw3x3Args {
+                        channels: ch,
+                        h,
+                        w,
+                        packed: &packed,
+                        input: black_box(&input),
+                        output: &mut output,
+                    };
+                    if stride == 1 {
+                        dw3x3_s1p1(isa, Activation::Relu, args, &mut scratch);
+                    } else {
+                        dw3x3_s2p1(isa, Activation::Relu, args, &mut scratch);
+                    }
+                    black_box(&mut output);
+                })
+            });
+        }
     }
     group.finish();
 }

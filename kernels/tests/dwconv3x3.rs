@@ -1,26 +1,23 @@
-//! Depthwise 3x3 (padding 1, stride 1 and 2) kernels against the f64 oracle:
-//! a proptest suite, canonical shape sweeps around multiples of `LANES`, NaN
-//! canaries around the input and output slices, and NaN propagation.
+//! Depthwise 3x3 (padding 1, stride 1 and 2) kernels against the f64 oracle,
+//! on every ISA this CPU has: a proptest suite, canonical shape sweeps around
+//! multiples of 8 and 16 lanes, NaN canaries around the input and output
+//! slices, and NaN propagation.
 //!
-//! Run with `cargo test --release -p repconv-kernels --features testing --test dwconv3x3`.
-
-// The oracle is behind the `testing` feature; without it this suite is empty.
-#![cfg(feature = "testing")]
+//! Run with `cargo test --release -p repconv-kernels --test dwconv3x3` (the
+//! crate's dev-dependency on itself turns the `testing` feature on).
 
 use proptest::prelude::*;
-use repconv_kernels::act::{Identity, Relu};
 use repconv_kernels::dwconv3x3::{
-    Dw3x3Args, NAME_S1, NAME_S2, PACKED_PER_CHANNEL, dw3x3_s1p1, dw3x3_s2p1, pack_weights,
-    scratch_len,
+    Dw3x3Args, PACKED_PER_CHANNEL, dw3x3_s1p1, dw3x3_s2p1, pack_weights, scratch_len,
 };
-use repconv_kernels::lanes::{LANES, LANES_NAME};
 use repconv_kernels::reference::{RefConv, conv2d_nchw_ref};
+use repconv_kernels::{Activation, Isa};
 
 /// Odd offsets of the input and output windows inside their NaN buffers.
 const IN_GUARD: usize = 37;
 const OUT_GUARD: usize = 13;
-/// NaN floats after each window (more than any vector overhang).
-const TAIL_GUARD: usize = 3 * LANES + 5;
+/// NaN floats after each window (more than any vector overhang of 16 lanes).
+const TAIL_GUARD: usize = 3 * 16 + 5;
 
 /// A deterministic generator (splitmix64), so cases are reproducible from a seed.
 struct Rng(u64);
@@ -52,7 +49,7 @@ struct Case {
     nan_at: Option<usize>,
 }
 
-/// Runs one case through the kernel and the oracle and checks every output,
+/// Runs one case through every available ISA's kernel and the oracle and checks every output,
 /// the canaries around the output window, and (implicitly, through NaN
 /// poisoning) that nothing outside the input window was read.
 fn check(case: Case) {
@@ -91,39 +88,57 @@ fn check(case: Case) {
 
     let mut packed = vec![f32::NAN; channels * PACKED_PER_CHANNEL];
     pack_weights(&weights, Some(&bias), channels, &mut packed);
+    for isa in Isa::available() {
+        check_isa(isa, &case, &input, &packed, &want, &mag, [oh, ow]);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_isa(
+    isa: Isa,
+    case: &Case,
+    input: &[f32],
+    packed: &[f32],
+    want: &[f32],
+    mag: &[f32],
+    [oh, ow]: [usize; 2],
+) {
+    let &Case { channels, h, w, stride, relu, .. } = case;
+    let (n_in, n_out) = (input.len(), want.len());
 
     // Input window at an odd offset; the slice handed over runs into the NaN
     // tail guard, so a read past `channels*h*w` poisons an output.
     let mut in_buf = vec![f32::NAN; IN_GUARD + n_in + TAIL_GUARD];
-    in_buf[IN_GUARD..IN_GUARD + n_in].copy_from_slice(&input);
+    in_buf[IN_GUARD..IN_GUARD + n_in].copy_from_slice(input);
     // Output window at an odd offset; the slice handed over includes the NaN
     // tail, which must stay untouched.
     let mut out_buf = vec![f32::NAN; OUT_GUARD + n_out + TAIL_GUARD];
     // Scratch full of NaN: the drivers must not depend on its contents.
-    let mut scratch = vec![f32::NAN; scratch_len(h, w, stride)];
+    let mut scratch = vec![f32::NAN; scratch_len(isa, h, w, stride)];
 
     let args = Dw3x3Args {
         channels,
         h,
         w,
-        packed: &packed,
+        packed,
         input: &in_buf[IN_GUARD..],
         output: &mut out_buf[OUT_GUARD..],
     };
-    match (stride, relu) {
-        (1, false) => dw3x3_s1p1::<Identity>(args, &mut scratch),
-        (1, true) => dw3x3_s1p1::<Relu>(args, &mut scratch),
-        (2, false) => dw3x3_s2p1::<Identity>(args, &mut scratch),
-        (2, true) => dw3x3_s2p1::<Relu>(args, &mut scratch),
-        _ => unreachable!(),
+    let act = if relu { Activation::Relu } else { Activation::Identity };
+    match stride {
+        1 => dw3x3_s1p1(isa, act, args, &mut scratch),
+        _ => dw3x3_s2p1(isa, act, args, &mut scratch),
     }
 
     for (i, v) in out_buf[..OUT_GUARD].iter().chain(&out_buf[OUT_GUARD + n_out..]).enumerate() {
-        assert!(v.is_nan(), "{case:?}: canary {i} outside the output window overwritten with {v}");
+        assert!(
+            v.is_nan(),
+            "{isa} {case:?}: canary {i} outside the output window overwritten with {v}"
+        );
     }
     let got = &out_buf[OUT_GUARD..OUT_GUARD + n_out];
     let mut bad = Vec::new();
-    for (i, ((&g, &r), &m)) in got.iter().zip(&want).zip(&mag).enumerate() {
+    for (i, ((&g, &r), &m)) in got.iter().zip(want).zip(mag).enumerate() {
         let ok = if r.is_nan() { g.is_nan() } else { (g - r).abs() <= 1e-5 * m + 1e-6 };
         if !ok {
             let (c, y, x) = (i / (oh * ow), (i / ow) % oh, i % ow);
@@ -132,34 +147,15 @@ fn check(case: Case) {
     }
     assert!(
         bad.is_empty(),
-        "{case:?} ({} of {n_out} outputs wrong):\n{}",
+        "{isa} {case:?} ({} of {n_out} outputs wrong):\n{}",
         bad.len(),
         bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
 }
 
-/// Widths and heights that straddle vector and band borders.
+/// Widths and heights that straddle vector (8 and 16 lanes) and band borders.
 fn edge_dims() -> Vec<usize> {
-    let l = LANES;
-    let mut d = vec![
-        1,
-        2,
-        3,
-        4,
-        5,
-        7,
-        8,
-        9,
-        l - 1,
-        l,
-        l + 1,
-        2 * l - 1,
-        2 * l,
-        2 * l + 1,
-        2 * l + 2,
-        3 * l + 2,
-        40,
-    ];
+    let mut d = vec![1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33, 34, 40, 50];
     d.sort_unstable();
     d.dedup();
     d
@@ -253,9 +249,10 @@ fn relu_bites_about_half() {
     let mut packed = vec![0.0; channels * PACKED_PER_CHANNEL];
     pack_weights(&weights, Some(&bias), channels, &mut packed);
     let mut out = vec![0.0; channels * h * w];
-    let mut scratch = vec![0.0; scratch_len(h, w, 1)];
+    let isa = Isa::portable();
+    let mut scratch = vec![0.0; scratch_len(isa, h, w, 1)];
     let args = Dw3x3Args { channels, h, w, packed: &packed, input: &input, output: &mut out };
-    dw3x3_s1p1::<Identity>(args, &mut scratch);
+    dw3x3_s1p1(isa, Activation::Identity, args, &mut scratch);
     let neg = out.iter().filter(|v| **v < 0.0).count() as f64 / out.len() as f64;
     assert!((0.2..=0.8).contains(&neg), "fraction of negative outputs {neg}");
 }
@@ -276,10 +273,14 @@ fn pack_layout_and_missing_bias() {
 
 #[test]
 fn names_follow_conventions() {
-    for (name, geom) in [(NAME_S1, "dw3x3_s1p1_"), (NAME_S2, "dw3x3_s2p1_")] {
-        assert!(name.starts_with(geom), "{name}");
-        assert!(name.ends_with(&format!("__{LANES_NAME}")), "{name}");
-        assert!(name.contains(&format!("x{LANES}__")), "{name}");
+    use repconv_kernels::{Op, kernel_info};
+    for isa in Isa::available() {
+        for (op, geom) in [(Op::Dw3x3S1, "dw3x3_s1p1_"), (Op::Dw3x3S2, "dw3x3_s2p1_")] {
+            let name = kernel_info(op, isa).name;
+            assert!(name.starts_with(geom), "{name}");
+            assert!(name.ends_with(&format!("__{isa}")), "{name}");
+            assert!(name.contains(&format!("x{}__", isa.lanes())), "{name}");
+        }
     }
 }
 
@@ -291,9 +292,10 @@ fn short_scratch_panics() {
     pack_weights(&[0.0; 9], None, 1, &mut packed);
     let input = vec![0.0; h * w];
     let mut out = vec![0.0; h * w];
-    let mut scratch = vec![0.0; scratch_len(h, w, 1) - 1];
+    let isa = Isa::best();
+    let mut scratch = vec![0.0; scratch_len(isa, h, w, 1) - 1];
     let args = Dw3x3Args { channels: 1, h, w, packed: &packed, input: &input, output: &mut out };
-    dw3x3_s1p1::<Identity>(args, &mut scratch);
+    dw3x3_s1p1(isa, Activation::Identity, args, &mut scratch);
 }
 
 #[test]
@@ -303,9 +305,10 @@ fn short_output_panics() {
     let packed = vec![0.0; 2 * PACKED_PER_CHANNEL];
     let input = vec![0.0; 2 * h * w];
     let mut out = vec![0.0; 2 * 3 * 3 - 1];
-    let mut scratch = vec![0.0; scratch_len(h, w, 2)];
+    let isa = Isa::portable();
+    let mut scratch = vec![0.0; scratch_len(isa, h, w, 2)];
     let args = Dw3x3Args { channels: 2, h, w, packed: &packed, input: &input, output: &mut out };
-    dw3x3_s2p1::<Relu>(args, &mut scratch);
+    dw3x3_s2p1(isa, Activation::Relu, args, &mut scratch);
 }
 
 proptest! {
