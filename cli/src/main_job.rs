@@ -2,9 +2,9 @@
 //! one network: agreement of the two forms, then latency, speedup and
 //! effective throughput against the in-process FMA peak.
 
+use crate::measure::{fma_peak_gflops, median_ms};
 use clap::Args;
 use repconv::Tensor;
-use repconv::measure::{fma_peak_gflops, median_ms};
 use repconv::mobileone::{MobileOne, MobileOneConfig, SplitMix64, Variant, Workspace};
 use serde::Serialize;
 
