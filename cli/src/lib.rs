@@ -15,6 +15,7 @@ macro_rules! outln {
     }};
 }
 
+pub mod compare;
 pub mod info;
 pub mod layers;
 pub mod main_job;

@@ -1,13 +1,17 @@
 //! The `repconv` binary run as a process: the checkpoint commands (`reparam`,
 //! `run`, `info`) on the golden fixtures of the `repconv` crate
-//! (`../tests/fixtures`, made by `tools/make_fixtures.py`) and bad input.
+//! (`../tests/fixtures`, made by `tools/make_fixtures.py`), bad input, and
+//! `reparam`'s refusal to write a checkpoint whose forms disagree.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use repconv::mobileone::MobileOne;
+use repconv::mobileone::{MobileOne, MobileOneConfig, Variant};
 use repconv::weights::{self, LoadOptions, NamedTensor};
+use repconv_cli::compare::{max_abs_diff, max_abs_finite};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
 
 /// Relative tolerance against PyTorch's outputs (as in `tests/golden.rs`).
 const REL_TOL: f64 = 1e-5;
@@ -36,19 +40,10 @@ fn load_s0_train() -> MobileOne {
     weights::load_bytes(&fixture("s0.train.safetensors"), &LoadOptions::default()).unwrap()
 }
 
-fn max_abs(v: &[f32]) -> f64 {
-    v.iter().fold(0f64, |m, x| m.max(f64::from(x.abs())))
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
-}
-
 /// Checks `got` against PyTorch's `want` at `abs_tol` and `rel_tol` of
 /// `max |want|`.
 fn assert_matches(what: &str, got: &[f32], want: &[f32], abs_tol: f64, rel_tol: f64) {
-    let (d, m) = (max_diff(got, want), max_abs(want));
+    let (d, m) = (max_abs_diff(got, want), max_abs_finite(want));
     let rel = d / m.max(f64::MIN_POSITIVE);
     eprintln!("{what}: max |diff| {d:.3e}, max |out| {m:.3e}, relative {rel:.3e}");
     assert!(m > 0.0, "{what}: all-zero reference output");
@@ -296,4 +291,77 @@ fn cli_bad_input_is_one_line_and_a_nonzero_exit() {
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `bytes` (a safetensors file) with every element of the named F32 tensors
+/// set to the given value; the other tensors (I64 BatchNorm counters
+/// included) are copied as they are.
+fn with_filled(bytes: &[u8], fills: &[(&str, f32)]) -> Vec<u8> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    for &(name, value) in fills {
+        let (_, dtype, _, data) = owned.iter_mut().find(|t| t.0 == name).expect(name);
+        assert_eq!(*dtype, Dtype::F32, "{name}");
+        *data = value.to_le_bytes().repeat(data.len() / 4);
+    }
+    let views =
+        owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()));
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// A NaN in one form only is a disagreement, not something a max |diff| may
+/// drop. The stem's first conv branch gets weights of `f32::MAX` and a
+/// BatchNorm weight of 0: the multi-branch form overflows the conv to ±inf
+/// and the BN turns it into `inf * 0 = NaN`, while the fused form folds the
+/// branch into `f32::MAX * 0 = 0` and stays finite. `reparam` must name the
+/// layer and write nothing; the same checkpoint untouched is written.
+#[test]
+fn cli_reparam_refuses_to_write_when_one_form_has_nan() {
+    let dir = TempDir::new("nan");
+    let config = MobileOneConfig::variant(Variant::S0).with_num_classes(10);
+    let net = MobileOne::random(config, 11).unwrap();
+    let good_bytes = weights::to_bytes(&net).unwrap();
+    let bad = dir.path("nan.train.safetensors");
+    std::fs::write(
+        &bad,
+        with_filled(
+            &good_bytes,
+            &[("stem.conv_kxk.0.conv.weight", f32::MAX), ("stem.conv_kxk.0.bn.weight", 0.0)],
+        ),
+    )
+    .unwrap();
+    let good = dir.path("good.train.safetensors");
+    std::fs::write(&good, &good_bytes).unwrap();
+
+    let fused = dir.path("fused.safetensors");
+    let reparam = |w: &Path| {
+        repconv(&[
+            "reparam",
+            "--weights",
+            s(w),
+            "--out",
+            s(&fused),
+            "--size",
+            "32",
+            "--threads",
+            "1",
+        ])
+    };
+    let out = reparam(&bad);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(!out.status.success(), "wrote a checkpoint whose forms disagree:\n{stdout}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: layer stem:"), "{stderr}");
+    assert!(!fused.exists(), "{stderr}");
+    assert_eq!(dir.files(), ["good.train.safetensors", "nan.train.safetensors"]);
+
+    // The control: the unedited network passes the same check and is written.
+    let out = reparam(&good);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(weights::load(&fused, &LoadOptions::default()).unwrap().is_reparameterized());
 }
