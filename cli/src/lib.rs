@@ -1,10 +1,11 @@
 //! The `repconv` command line as a library: argument parsing and dispatch
-//! ([`Cli`], [`run`]), one module per command, and the benchmark helpers the
+//! ([`Cli`], [`run()`]), one module per command, and the benchmark helpers the
 //! commands and `benches/kernels.rs` share ([`measure`], [`shapes`]). The
 //! binary (`src/main.rs`) only parses and reports errors.
 //!
-//! This crate is not published: it carries the CLI's dependencies (clap,
-//! plotters, serde) so that the library `repconv` does not.
+//! This crate is not published. It exists so that the CLI's own dependencies
+//! (clap, plotters) stay out of the build of every user of the library
+//! `repconv`.
 
 /// `println!` that returns the write error instead of panicking, so that
 /// `repconv layers | head` ends quietly when the pipe closes.
