@@ -6,8 +6,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use repconv::conv::KernelChoice;
-use repconv::shapes::all_layers;
 use repconv::{Activation, Conv2d, Parallelism, Tensor};
+use repconv_cli::shapes::all_layers;
 use std::hint::black_box;
 
 fn kernels(c: &mut Criterion) {

@@ -31,10 +31,8 @@
 
 pub mod conv;
 pub mod error;
-pub mod measure;
 pub mod mobileone;
 mod scratch;
-pub mod shapes;
 pub mod tensor;
 pub mod weights;
 

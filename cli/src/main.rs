@@ -1,9 +1,8 @@
 //! The `repconv` command line. With no arguments it runs the main job; see
 //! `repconv --help` for the subcommands.
 
-mod cli;
-
 use clap::Parser;
+use repconv_cli as cli;
 
 fn main() {
     let args = cli::Cli::parse();

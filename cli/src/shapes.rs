@@ -4,8 +4,8 @@
 //! implemented in timm's `byobnet.py`), plus generic dense 3x3 shapes
 //! (RepVGG-style) and depthwise extremes.
 
-use crate::conv::Conv2dParams;
-use crate::tensor::Tensor;
+use repconv::conv::Conv2dParams;
+use repconv::tensor::Tensor;
 
 /// One benchmarked layer: geometry, input size and how often it occurs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl LayerShape {
     /// Deterministic example data for timing this layer: OIHW weights in
     /// [-0.1, 0.1], a bias and a batch-1 input in [-1, 1]. The CLI's `layers`
     /// table and the criterion benches time the same numbers.
-    pub fn example_data(&self) -> crate::Result<(Vec<f32>, Vec<f32>, Tensor)> {
+    pub fn example_data(&self) -> repconv::Result<(Vec<f32>, Vec<f32>, Tensor)> {
         let weights = seeded(self.params().weight_len()?, 1).iter().map(|w| w * 0.1).collect();
         let bias = seeded(self.cout, 2);
         let shape = self.input_shape();

@@ -8,6 +8,8 @@ use repconv::Tensor;
 use repconv::mobileone::{SplitMix64, Variant};
 use repconv::weights::{self, LoadOptions};
 
+use crate::compare;
+
 /// Options of `repconv reparam`.
 #[derive(Args, Debug, Clone)]
 pub struct ReparamArgs {
@@ -27,7 +29,9 @@ pub struct ReparamArgs {
     #[arg(long, default_value_t = 224)]
     pub size: usize,
     /// Largest accepted per-layer max |difference|, relative to the layer's
-    /// largest output; above it nothing is written.
+    /// largest finite output; above it nothing is written. A NaN or an
+    /// infinity in one form's output but not the other's is an infinite
+    /// difference.
     #[arg(long, default_value_t = 1e-3)]
     pub tolerance: f64,
     /// Worker threads (0 = all cores).
@@ -35,16 +39,11 @@ pub struct ReparamArgs {
     pub threads: usize,
 }
 
-fn max_abs(v: &[f32]) -> f64 {
-    v.iter().fold(0f64, |m, x| m.max(f64::from(x.abs())))
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
-}
-
 /// Runs the command.
 pub fn run(args: &ReparamArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.tolerance.is_nan() || args.tolerance < 0.0 {
+        return Err(format!("--tolerance {}: must be a number >= 0", args.tolerance).into());
+    }
     if !args.force && args.out.exists() {
         return Err(
             format!("{}: already exists (pass --force to overwrite)", args.out.display()).into()
@@ -55,7 +54,11 @@ pub fn run(args: &ReparamArgs) -> Result<(), Box<dyn std::error::Error>> {
     pool.install(|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let net = weights::load(&args.weights, &options)?;
         if net.is_reparameterized() {
-            return Err(format!("{}: already fused, nothing to reparameterize", args.weights.display()).into());
+            return Err(format!(
+                "{}: already fused, nothing to reparameterize",
+                args.weights.display()
+            )
+            .into());
         }
         let fused = net.reparameterize()?;
 
@@ -68,22 +71,32 @@ pub fn run(args: &ReparamArgs) -> Result<(), Box<dyn std::error::Error>> {
         let input = x.clone();
         outln!("check on a random 1x{c}x{0}x{0} input: max |multi - fused| per layer", args.size);
         outln!("{:<14} {:>12} {:>12} {:>11}", "layer", "max |diff|", "max |out|", "relative");
-        let mut worst = 0f64;
+        // The first layer (or the logits) whose forms disagree: its name and
+        // relative difference.
+        let mut failed: Option<(String, f64)> = None;
+        let mut check = |name: &str, a: &Tensor, b: &Tensor| -> std::io::Result<()> {
+            let d = compare::max_abs_diff(a.as_slice(), b.as_slice());
+            let m = compare::max_abs_finite(a.as_slice());
+            let rel = compare::relative(d, m);
+            if failed.is_none() && rel > args.tolerance {
+                failed = Some((name.to_string(), rel));
+            }
+            use std::io::Write as _;
+            writeln!(std::io::stdout(), "{name:<14} {d:>12.3e} {m:>12.3e} {rel:>11.3e}")
+        };
         for ((name, multi), (_, one)) in net.blocks().into_iter().zip(fused.blocks()) {
             let a = multi.forward(&x)?;
             let b = one.forward(&x)?;
-            let (d, m) = (max_diff(a.as_slice(), b.as_slice()), max_abs(a.as_slice()));
-            let rel = if m > 0.0 { d / m } else { d };
-            worst = worst.max(if rel.is_nan() { f64::INFINITY } else { rel });
-            outln!("{name:<14} {d:>12.3e} {m:>12.3e} {rel:>11.3e}");
+            check(&name, &a, &b)?;
             x = a;
         }
         let (a, b) = (net.forward(&input)?, fused.forward(&input)?);
-        let (d, m) = (max_diff(a.as_slice(), b.as_slice()), max_abs(a.as_slice()));
-        outln!("{:<14} {d:>12.3e} {m:>12.3e} {:>11.3e}", "logits", if m > 0.0 { d / m } else { d });
-        if worst > args.tolerance {
+        check("logits", &a, &b)?;
+        if let Some((name, rel)) = failed {
             return Err(format!(
-                "the forms disagree (worst relative difference {worst:.3e} > {:.1e}); nothing written",
+                "layer {name}: the multi-branch and fused forms disagree (relative max |diff| \
+                 {rel:.3e} > {:.1e}; NaN or infinity in one form only counts as infinite); \
+                 nothing written",
                 args.tolerance
             )
             .into());

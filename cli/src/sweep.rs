@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
+use crate::measure::median_ms;
 use clap::Args;
 use plotters::prelude::*;
 use repconv::Tensor;
-use repconv::measure::median_ms;
 use repconv::mobileone::{BlockConfig, MobileOneBlock, SplitMix64, Workspace};
 
 /// Options of `repconv sweep-branches`.

@@ -1,9 +1,9 @@
 //! `repconv layers`: every benchmarked layer shape through `Conv2d`.
 
+use crate::measure::{fma_peak_gflops, median_ms};
+use crate::shapes::{LayerShape, all_layers};
 use clap::Args;
 use repconv::conv::KernelChoice;
-use repconv::measure::{fma_peak_gflops, median_ms};
-use repconv::shapes::{LayerShape, all_layers};
 use repconv::{Activation, Conv2d, Tensor};
 use serde::Serialize;
 

@@ -1,4 +1,11 @@
-//! Command-line parsing and dispatch.
+//! The `repconv` command line as a library: argument parsing and dispatch
+//! ([`Cli`], [`run()`]), one module per command, and the benchmark helpers the
+//! commands and `benches/kernels.rs` share ([`measure`], [`shapes`]). The
+//! binary (`src/main.rs`) only parses and reports errors.
+//!
+//! This crate is not published. It exists so that the CLI's own dependencies
+//! (clap, plotters) stay out of the build of every user of the library
+//! `repconv`.
 
 /// `println!` that returns the write error instead of panicking, so that
 /// `repconv layers | head` ends quietly when the pipe closes.
@@ -9,18 +16,21 @@ macro_rules! outln {
     }};
 }
 
-mod info;
-mod layers;
-mod main_job;
-mod reparam;
-mod run;
-mod sweep;
+pub mod compare;
+pub mod info;
+pub mod layers;
+pub mod main_job;
+pub mod measure;
+pub mod reparam;
+pub mod run;
+pub mod shapes;
+pub mod sweep;
 
 use clap::{Parser, Subcommand};
 
 /// Hand-tuned SIMD NCHW convolutions and the MobileOne reparameterization.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "repconv", version, about)]
 pub struct Cli {
     /// The command; without one, the main job runs.
     #[command(subcommand)]

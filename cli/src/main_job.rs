@@ -2,11 +2,13 @@
 //! one network: agreement of the two forms, then latency, speedup and
 //! effective throughput against the in-process FMA peak.
 
+use crate::measure::{fma_peak_gflops, median_ms};
 use clap::Args;
 use repconv::Tensor;
-use repconv::measure::{fma_peak_gflops, median_ms};
 use repconv::mobileone::{MobileOne, MobileOneConfig, SplitMix64, Variant, Workspace};
 use serde::Serialize;
+
+use crate::compare;
 
 /// Options of the main job.
 #[derive(Args, Debug, Clone)]
@@ -90,13 +92,10 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
         multi.forward_into(x.view(), a.view_mut(), &mut ws_multi)?;
         fused.forward_into(x.view(), b.view_mut(), &mut ws_fused)
     })?;
-    let max_abs_diff = a
-        .as_slice()
-        .iter()
-        .zip(b.as_slice())
-        .fold(0f64, |m, (p, q)| m.max(f64::from((p - q).abs())));
-    let max_logit = a.as_slice().iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
-    let max_rel_diff = if max_logit > 0.0 { max_abs_diff / max_logit } else { max_abs_diff };
+    // NaN-aware: a NaN or infinity in one form only is an infinite difference.
+    let max_abs_diff = compare::max_abs_diff(a.as_slice(), b.as_slice());
+    let max_logit = compare::max_abs_finite(a.as_slice());
+    let max_rel_diff = compare::relative(max_abs_diff, max_logit);
     let classes = out_shape[1];
     let argmax_equal = a
         .as_slice()

@@ -1,0 +1,130 @@
+//! NaN-aware comparison of two outputs (multi-branch vs fused), shared by
+//! every check the commands make.
+//!
+//! `a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))` looks like a
+//! max |difference| but is not one: `f64::max` returns the other operand when
+//! one is NaN, so a NaN on one side is silently dropped, and `zip` ignores a
+//! length mismatch. [`max_abs_diff`] counts both as an infinite difference.
+
+/// The largest `|a[i] - b[i]|`, computed in f64, where NaN and infinities count:
+///
+/// - a NaN on one side only gives `f64::INFINITY`;
+/// - a NaN on both sides at the same index is equal (difference 0), as are
+///   infinities of the same sign;
+/// - an infinity against a finite value or the opposite infinity gives
+///   `f64::INFINITY`;
+/// - slices of different lengths give `f64::INFINITY`.
+///
+/// Two empty slices give 0. The result is never NaN.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    let mut worst = 0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        let d = abs_diff(x, y);
+        if d == f64::INFINITY {
+            return d;
+        }
+        worst = worst.max(d);
+    }
+    worst
+}
+
+/// `|x - y|` in f64 with the rules of [`max_abs_diff`]; never NaN.
+fn abs_diff(x: f32, y: f32) -> f64 {
+    match (x.is_nan(), y.is_nan()) {
+        (true, true) => 0.0,
+        (true, false) | (false, true) => f64::INFINITY,
+        // Also equal infinities, whose difference would be NaN.
+        _ if x == y => 0.0,
+        // Infinite when exactly one side is infinite, or they have opposite signs.
+        _ => (f64::from(x) - f64::from(y)).abs(),
+    }
+}
+
+/// The largest `|x|` over the finite values of `v` (0 if there are none): the
+/// scale a difference is measured against, which a NaN or an infinity in the
+/// output must not hide.
+pub fn max_abs_finite(v: &[f32]) -> f64 {
+    v.iter().filter(|x| x.is_finite()).fold(0f64, |m, x| m.max(f64::from(x.abs())))
+}
+
+/// `diff` relative to `scale` (`diff` itself when `scale` is 0); infinite
+/// when `diff` is, never NaN for the values [`max_abs_diff`] and
+/// [`max_abs_finite`] return.
+pub fn relative(diff: f64, scale: f64) -> f64 {
+    if scale > 0.0 { diff / scale } else { diff }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fold the CLI used before: it drops NaN.
+    fn old_fold(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
+    }
+
+    const NAN: f32 = f32::NAN;
+    const INF: f32 = f32::INFINITY;
+
+    #[test]
+    fn nan_on_one_side_is_an_infinite_difference() {
+        for (a, b) in [
+            (&[1.0, NAN, 3.0][..], &[1.0, 2.0, 3.0][..]),
+            (&[1.0, 2.0, 3.0][..], &[1.0, 2.0, NAN][..]),
+            (&[NAN][..], &[0.0][..]),
+            (&[NAN, 0.5][..], &[INF, 0.5][..]),
+        ] {
+            assert_eq!(max_abs_diff(a, b), f64::INFINITY, "{a:?} vs {b:?}");
+            assert_eq!(max_abs_diff(b, a), f64::INFINITY, "{b:?} vs {a:?}");
+        }
+        // What the old fold made of the first case: agreement.
+        assert_eq!(old_fold(&[1.0, NAN, 3.0], &[1.0, 2.0, 3.0]), 0.0);
+    }
+
+    #[test]
+    fn nan_on_both_sides_at_the_same_index_is_equal() {
+        assert_eq!(max_abs_diff(&[NAN, 1.0], &[NAN, 1.0]), 0.0);
+        assert_eq!(max_abs_diff(&[NAN, 1.0], &[-NAN, 1.5]), 0.5);
+        // NaN at different indices: each side has a NaN the other lacks.
+        assert_eq!(max_abs_diff(&[NAN, 1.0], &[1.0, NAN]), f64::INFINITY);
+        assert_eq!(old_fold(&[NAN, 1.0], &[1.0, NAN]), 0.0);
+    }
+
+    #[test]
+    fn infinities() {
+        assert_eq!(max_abs_diff(&[INF, -INF, 2.0], &[INF, -INF, 2.25]), 0.25);
+        assert_eq!(max_abs_diff(&[INF], &[-INF]), f64::INFINITY);
+        assert_eq!(max_abs_diff(&[INF], &[f32::MAX]), f64::INFINITY);
+        assert_eq!(max_abs_diff(&[1.0], &[-INF]), f64::INFINITY);
+        // The old fold: inf - inf = NaN, dropped.
+        assert_eq!(old_fold(&[INF, 1.0], &[INF, 1.0]), 0.0);
+    }
+
+    #[test]
+    fn lengths_must_match() {
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.0]), f64::INFINITY);
+        assert_eq!(max_abs_diff(&[], &[0.0]), f64::INFINITY);
+        assert_eq!(max_abs_diff(&[], &[]), 0.0);
+        assert_eq!(old_fold(&[1.0, 2.0], &[1.0]), 0.0);
+    }
+
+    #[test]
+    fn finite_values_are_exact_in_f64() {
+        assert_eq!(max_abs_diff(&[1.0, -2.0, 0.0], &[1.5, 2.0, -0.0]), 4.0);
+        // No f32 overflow: f32::MAX - (-f32::MAX) is finite in f64.
+        assert_eq!(max_abs_diff(&[f32::MAX], &[-f32::MAX]), 2.0 * f64::from(f32::MAX));
+    }
+
+    #[test]
+    fn scale_and_relative_ignore_non_finite_values() {
+        assert_eq!(max_abs_finite(&[NAN, -3.0, INF, 2.0]), 3.0);
+        assert_eq!(max_abs_finite(&[NAN, INF]), 0.0);
+        assert_eq!(relative(1.5, 3.0), 0.5);
+        assert_eq!(relative(1.5, 0.0), 1.5);
+        assert_eq!(relative(f64::INFINITY, 3.0), f64::INFINITY);
+        assert_eq!(relative(f64::INFINITY, 0.0), f64::INFINITY);
+    }
+}
