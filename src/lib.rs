@@ -34,6 +34,7 @@ pub mod error;
 pub mod mobileone;
 mod scratch;
 pub mod tensor;
+#[cfg(feature = "safetensors")]
 pub mod weights;
 
 pub use conv::{Activation, Conv2d, Conv2dParams, Parallelism};
