@@ -1,7 +1,7 @@
 //! The activation applied in registers by every kernel's epilogue.
 //!
 //! Public callers choose it with the [`Activation`] enum; inside the crate it
-//! becomes a zero-sized type parameter ([`Act`]) so the hot loop has no
+//! becomes a zero-sized type parameter (`Act`) so the hot loop has no
 //! runtime flag.
 //!
 //! NaN semantics match PyTorch on every ISA: `relu(NaN) == NaN`, and

@@ -10,7 +10,7 @@
 //! Every public function is safe for any arguments: a slice too short for the
 //! shapes, or sizes that overflow, panic (documented under `# Panics`); nothing
 //! is read or written out of bounds. `unsafe` lives only in the ISA
-//! instantiations' intrinsics, in [`lanes`]'s unchecked helpers and in the
+//! instantiations' intrinsics, in `lanes`'s unchecked helpers and in the
 //! kernel bodies that call them after one bounds `assert!` at entry.
 
 #![deny(unsafe_op_in_unsafe_fn)]

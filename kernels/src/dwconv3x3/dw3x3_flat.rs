@@ -1,4 +1,4 @@
-//! `dw3x3_s{1,2}p1_<N>x<V::LANES>__<lanes>`: `N` vectors of `V::LANES` consecutive
+//! `dw3x3_s{1,2}p1_<N>x<LANES>__<lanes>`: `N` vectors of `LANES` consecutive
 //! outputs of one depthwise 3x3 plane, in the plane's own flat (row-major,
 //! row stride `ow`) order, read from a prepared copy of the input.
 //!
@@ -21,23 +21,23 @@
 //! multiply-adds per vector as an unmasked kernel (7 FMAs + 2 multiplies),
 //! plus 2 adds and 1-2 ANDs on the other FP pipes.
 //!
-//! Accumulator map (`N` = 4 vectors of `V::LANES` flat outputs, 12 chains):
+//! Accumulator map (`N` = 4 vectors of `LANES` flat outputs, 12 chains):
 //! ```text
 //!            q0        q0+L      q0+2L     q0+3L
 //!   c[u]    bias+kx1  bias+kx1  bias+kx1  bias+kx1
 //!   l[u]    kx0       kx0       kx0       kx0
 //!   r[u]    kx2       kx2       kx2       kx2
 //! ```
-//! The masks repeat with period `P = w / gcd(w, V::LANES)` vectors, so the
+//! The masks repeat with period `P = w / gcd(w, LANES)` vectors, so the
 //! driver passes a table of `P + N - 1` (or more) mask vectors and the index
 //! `m` of the first vector's mask.
 //!
 //! Packed weights per channel: `[bias, w00, w01, w02, w10, .., w22]`, splatted
 //! by the driver into `k: [V; 10]`.
 //!
-//! Preconditions (asserted once at entry): `q0 + N*V::LANES + max(offs) <= src.len()`,
-//! `(m + N) * V::LANES <= ml.len()` (and `mr.len()` when `MASK_R`),
-//! `o0 + N*V::LANES <= out.len()`.
+//! Preconditions (asserted once at entry): `q0 + N*LANES + max(offs) <= src.len()`,
+//! `(m + N) * LANES <= ml.len()` (and `mr.len()` when `MASK_R`),
+//! `o0 + N*LANES <= out.len()`.
 
 use crate::act::Act;
 use crate::isa::Vector;
@@ -48,8 +48,8 @@ use crate::lanes::Lanes;
 /// registers for the 10 weights.
 pub const U: usize = 4;
 
-/// Computes `N` vectors of flat outputs `out[o0 + u*V::LANES ..]` from the
-/// positions `q0 + u*V::LANES` of the prepared source; see the module docs.
+/// Computes `N` vectors of flat outputs `out[o0 + u*LANES ..]` from the
+/// positions `q0 + u*LANES` of the prepared source; see the module docs.
 ///
 /// # Panics
 /// If any of the preconditions in the module docs does not hold.

@@ -1,10 +1,10 @@
-//! `dw3x3_s1p1_<R>x<V::LANES>__<lanes>`: one band of `R` output rows x one
-//! vector of `V::LANES` output columns of a depthwise 3x3 convolution, stride 1,
+//! `dw3x3_s1p1_<R>x<LANES>__<lanes>`: one band of `R` output rows x one
+//! vector of `LANES` output columns of a depthwise 3x3 convolution, stride 1,
 //! padding 1, read straight from the unpadded input plane.
 //!
 //! ```text
 //! out[oy][ox] = A(bias + Σ_{ky,kx<3} w[ky][kx] · in[oy+ky-1][ox+kx-1])
-//!                                        oy in oy0..oy0+R, ox in ox0..ox0+V::LANES
+//!                                        oy in oy0..oy0+R, ox in ox0..ox0+LANES
 //!
 //! input row iy = oy0-1+i (i in 0..R+2) is loaded once, as three shifted vectors
 //!   l = in[iy][ox0-1 ..] & mask_l     (kx = 0)
@@ -34,8 +34,8 @@
 //! by the driver into `k: [V; 10]`.
 //!
 //! Preconditions (asserted once at entry): every index read,
-//! `in_off - 1 - (!TOP as usize) * w .. in_off + (R - BOT as usize) * w + 1 + V::LANES`,
-//! lies in `input`, and `out_off + (R-1)*ow + V::LANES <= output.len()`.
+//! `in_off - 1 - (!TOP as usize) * w .. in_off + (R - BOT as usize) * w + 1 + LANES`,
+//! lies in `input`, and `out_off + (R-1)*ow + LANES <= output.len()`.
 
 use crate::act::Act;
 use crate::isa::Vector;
@@ -46,7 +46,7 @@ pub(crate) const EDGE_LEFT: u8 = 1;
 /// `EDGE` bit: the vector holds column `w-1`, so its right taps are masked.
 pub(crate) const EDGE_RIGHT: u8 = 2;
 
-/// Computes one `R x V::LANES` output block; see the module docs.
+/// Computes one `R x LANES` output block; see the module docs.
 ///
 /// `in_off` is the index of `in[oy0][ox0]`, `w` the input row stride,
 /// `out_off` the index of `out[oy0][ox0]` and `ow` the output row stride.

@@ -12,18 +12,18 @@
 //! once per channel.
 //!
 //! # Drivers
-//! Two paths, chosen per `(w, stride)` by [`uses_flat`] from measurements:
+//! Two paths, chosen per `(w, stride)` by `uses_flat` from measurements:
 //!
-//! **Row bands** (stride 1, `w > V::LANES/2`; kernel [`dw3x3_s1p1_band`]):
+//! **Row bands** (stride 1, `w > LANES/2`; kernel `dw3x3_s1p1_band`):
 //! vectorised along W, bands of `R` output rows per step, so each loaded input
 //! row feeds every output row that uses it.
 //! - LOOP 1 walks the channels (planes), in order.
 //! - LOOP 2 walks bands of `R` output rows. The last band is moved up to end at
 //!   `oh` (it recomputes a few rows, bit-identically) instead of running a
 //!   narrower kernel; planes with `oh < R` use one narrower band.
-//! - LOOP 3 walks vectors of `V::LANES` output columns. When `ow >= V::LANES` the
+//! - LOOP 3 walks vectors of `LANES` output columns. When `ow >= LANES` the
 //!   last vector is moved left to end at `ow` (overlap, no tail); when
-//!   `ow < V::LANES` one vector covers the row and its extra lanes spill into the
+//!   `ow < LANES` one vector covers the row and its extra lanes spill into the
 //!   next row(s), which are stored later and overwrite them. Stores therefore
 //!   go in increasing address order within a channel and across channels.
 //!
@@ -33,15 +33,15 @@
 //! last one or few) run the same kernels on a copy in the scratch buffer, and
 //! only their valid outputs are copied back.
 //!
-//! **Flat** (stride 2, and stride 1 with `w <= V::LANES/2`; kernel
-//! [`dw3x3_flat`]): each plane is prepared in scratch so every tap is one
+//! **Flat** (stride 2, and stride 1 with `w <= LANES/2`; kernel
+//! `dw3x3_flat`): each plane is prepared in scratch so every tap is one
 //! contiguous load at a constant offset from the flat output index
 //! `q = oy*ow + ox`, then `U` vectors of consecutive flat outputs per step are
 //! computed straight into the output (no padding columns, so a 7x7 plane is 4
 //! vectors). Stride 1 copies the plane below a zero row (`S1Layout`);
 //! stride 2 de-interleaves it with two-vector lane shuffles (`vpermt2ps`) into
 //! four phase planes of row stride `ow` (`S2Layout`), two rows of a phase per
-//! shuffle when `2*ow <= V::LANES`. The buffers are zeroed once per call; the
+//! shuffle when `2*ow <= LANES`. The buffers are zeroed once per call; the
 //! next plane is prepared into a second buffer while the current one is
 //! computed. The last vector of a plane spills into the next plane (written
 //! later) or, at the end of `output`, goes through a stack tile.
@@ -151,9 +151,9 @@ fn mask_entries<V: Vector>(ow: usize) -> usize {
     mask_period::<V>(ow) + dw3x3_flat::U
 }
 
-/// Fills `ml` / `mr` (`mask_entries(ow) * V::LANES` floats each, `mr` may be
+/// Fills `ml` / `mr` (`mask_entries(ow) * LANES` floats each, `mr` may be
 /// empty) with the lane masks of flat vectors `0..mask_entries(ow)`: lane `i`
-/// of vector `v` sits at column `x = (v*V::LANES + i) % ow`; `ml` clears `x == 0`,
+/// of vector `v` sits at column `x = (v*LANES + i) % ow`; `ml` clears `x == 0`,
 /// `mr` clears `x == ow - 1`.
 fn fill_masks(ow: usize, ml: &mut [f32], mr: &mut [f32]) {
     let ones = f32::from_bits(u32::MAX);
@@ -192,7 +192,7 @@ impl S1Layout {
 }
 
 /// Stride-2 prepared plane: four phase planes with row stride `ow`, each in a
-/// region of `region` floats whose rows start at `V::LANES`:
+/// region of `region` floats whose rows start at `LANES`:
 /// `A[i][j] = in[2i-1][2j]`, `B[i][j] = in[2i-1][2j+1]` (rows `0..=oh`, row 0
 /// zero), `C[i][j] = in[2i][2j]`, `D[i][j] = in[2i][2j+1]` (rows `0..oh`);
 /// taps past the input are zero.
@@ -237,9 +237,9 @@ fn flat_scratch_len<V: Vector>(h: usize, w: usize, stride: usize) -> usize {
 
 /// Index vectors that pick the even (`par = 0`) or odd (`par = 1`) columns
 /// of two rows: lanes `j < n` take `2j + par` of the first vector, lanes
-/// `n <= j < 2n` take `2(j-n) + par` of the second (index `V::LANES + ..`), and
-/// further lanes continue the second row. With `n = V::LANES / 2` this is a plain
-/// de-interleave of `2*V::LANES` consecutive floats.
+/// `n <= j < 2n` take `2(j-n) + par` of the second (index `LANES + ..`), and
+/// further lanes continue the second row. With `n = LANES / 2` this is a plain
+/// de-interleave of `2*LANES` consecutive floats.
 #[inline(always)]
 fn pick_index<V: Vector>(n: usize, par: usize) -> V::Index {
     V::index(|j| {
@@ -248,7 +248,7 @@ fn pick_index<V: Vector>(n: usize, par: usize) -> V::Index {
     })
 }
 
-/// Loads `V::LANES` floats at `s[i..]`, zero past the end of `s`.
+/// Loads `LANES` floats at `s[i..]`, zero past the end of `s`.
 #[inline(always)]
 fn load_or_partial<V: Vector>(s: &[f32], i: usize) -> V {
     if i + V::LANES <= s.len() { V::load(s, i) } else { V::load_partial(s, i.min(s.len())) }
@@ -320,7 +320,7 @@ fn s2_prepare<V: Vector>(
 }
 
 /// Runs the flat kernel over one prepared plane: vectors `0..nvec` of flat
-/// outputs go to `output[o0 + v*V::LANES ..]` while they fit in `output` (the
+/// outputs go to `output[o0 + v*LANES ..]` while they fit in `output` (the
 /// last one spills into the next plane, which is written later); a vector
 /// that would pass the end of `output` goes through a stack tile.
 #[allow(clippy::too_many_arguments)]

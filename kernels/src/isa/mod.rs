@@ -7,16 +7,16 @@
 //! `cfg(target_feature)`, so in a dependent's default x86-64 build it is SSE2,
 //! whatever the CPU, and wrapping it in `#[target_feature]` changes nothing.
 //! The x86 instantiations therefore use `core::arch` intrinsics through the
-//! [`Vector`] trait, whose methods are `#[inline(always)]`: a kernel body
+//! `Vector` trait, whose methods are `#[inline(always)]`: a kernel body
 //! generic over `V: Vector` and inlined into a `#[target_feature]` entry point
-//! ([`dispatch`]) is compiled with that entry point's features. `wide` stays as
+//! (`dispatch`) is compiled with that entry point's features. `wide` stays as
 //! the portable baseline (SSE2 on plain x86-64, NEON on aarch64, simd128 on
 //! wasm).
 //!
 //! # Soundness
 //! Executing an AVX-512 instruction on a CPU without AVX-512 is undefined
 //! behaviour (in practice SIGILL). The x86 vector types are private to this
-//! crate and only ever created inside code reached through [`dispatch`], which
+//! crate and only ever created inside code reached through `dispatch`, which
 //! takes an [`Isa`]; an `Isa` can only be obtained through [`Isa::new`] and
 //! friends, which check the CPU first. So every `unsafe` intrinsic call in
 //! `avx512.rs` / `avx2.rs` runs on a CPU that has the feature.
