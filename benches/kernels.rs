@@ -1,12 +1,14 @@
 //! Every kernel at every MobileOne-S0/S1 layer shape and the generic shapes,
-//! through `Conv2d` (bias + ReLU, 1 thread), next to the general im2col path
-//! on the same shape as the baseline. Throughput is in FLOPs (2 per MAC).
+//! through `Conv2d` (bias + ReLU, 1 thread), on every ISA this CPU has (the
+//! benchmark ids are the registry's kernel names, which carry the ISA), next
+//! to the general im2col path on the same shape as the baseline. Throughput
+//! is in FLOPs (2 per MAC).
 //!
-//! `cargo bench --bench kernels` (add `-- s0.pw` to filter).
+//! `cargo bench --bench kernels` (add `-- s0.pw` to filter, `-- __avx2` for one ISA).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use repconv::conv::KernelChoice;
-use repconv::{Activation, Conv2d, Parallelism, Tensor};
+use repconv::{Activation, Conv2d, Isa, Parallelism, Tensor};
 use repconv_cli::shapes::all_layers;
 use std::hint::black_box;
 
@@ -29,14 +31,19 @@ fn kernels(c: &mut Criterion) {
             "{}:c{}o{}h{}w{}s{}",
             layer.name, layer.cin, layer.cout, layer.hw, layer.hw, layer.stride
         );
-        for choice in [KernelChoice::Auto, KernelChoice::General] {
-            let conv = Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)
-                .unwrap()
-                .with_parallelism(Parallelism::Serial);
-            let mut out = Tensor::zeros(conv.output_shape(shape).unwrap()).unwrap();
-            group.bench_with_input(BenchmarkId::new(conv.kernel_name(), &id), &input, |b, x| {
-                b.iter(|| conv.forward_into(black_box(x.view()), out.view_mut()).unwrap())
-            });
+        for isa in Isa::available() {
+            for choice in [KernelChoice::Auto, KernelChoice::General] {
+                let conv =
+                    Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)
+                        .and_then(|c| c.with_isa(isa))
+                        .unwrap()
+                        .with_parallelism(Parallelism::Serial);
+                let mut out = Tensor::zeros(conv.output_shape(shape).unwrap()).unwrap();
+                let bid = BenchmarkId::new(conv.kernel_name(), &id);
+                group.bench_with_input(bid, &input, |b, x| {
+                    b.iter(|| conv.forward_into(black_box(x.view()), out.view_mut()).unwrap())
+                });
+            }
         }
         group.finish();
     }
