@@ -4,11 +4,10 @@
 
 use crate::isa::{Isa, Job, Vector, dispatch};
 
-/// Independent accumulator chains: more than FMA latency (4 cycles) times FMA
-/// ports (2), so the loop is throughput-bound, not latency-bound.
-const CHAINS: usize = 16;
+/// The most accumulator chains of any ISA (`Vector::PEAK_CHAINS`).
+const MAX_CHAINS: usize = 16;
 
-/// Runs `iters` rounds of `CHAINS` independent vector FMAs with `isa`'s
+/// Runs `iters` rounds of `PEAK_CHAINS` independent vector FMAs with `isa`'s
 /// vectors and returns the number of floating-point operations done (2 per
 /// multiply-add per lane). The result of the arithmetic is passed through
 /// `black_box` so it cannot be optimised away.
@@ -22,19 +21,30 @@ impl Job for FmaLoop {
     type Out = u64;
     #[inline(always)]
     fn run<V: Vector>(self) -> u64 {
-        let mut acc = [V::zero(); CHAINS];
-        for (i, a) in acc.iter_mut().enumerate() {
-            *a = V::splat(i as f32 * 1e-3);
+        match V::PEAK_CHAINS {
+            16 => chains::<V, 16>(self.0),
+            12 => chains::<V, 12>(self.0),
+            _ => chains::<V, 6>(self.0),
         }
-        // Multipliers near 1 keep values finite and away from denormals.
-        let m = std::hint::black_box(V::splat(0.999_999));
-        let c = std::hint::black_box(V::splat(1e-7));
-        for _ in 0..self.0 {
-            for a in acc.iter_mut() {
-                *a = a.mul_add(m, c);
-            }
-        }
-        std::hint::black_box(&acc);
-        self.0 * (CHAINS * V::LANES * 2) as u64
     }
+}
+
+/// `iters` rounds of `C` independent FMA chains; returns the FLOPs done.
+#[inline(always)]
+fn chains<V: Vector, const C: usize>(iters: u64) -> u64 {
+    const { assert!(C <= MAX_CHAINS) };
+    let mut acc = [V::zero(); C];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = V::splat(i as f32 * 1e-3);
+    }
+    // Multipliers near 1 keep values finite and away from denormals.
+    let m = std::hint::black_box(V::splat(0.999_999));
+    let c = std::hint::black_box(V::splat(1e-7));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(m, c);
+        }
+    }
+    std::hint::black_box(&acc);
+    iters * (C * V::LANES * 2) as u64
 }

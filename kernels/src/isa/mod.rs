@@ -215,6 +215,9 @@ pub(crate) trait Vector: Copy + Send + Sync + 'static {
     const GEMM_MR: usize;
     /// Register tile of the GEMM micro-kernel: vectors along the pixels.
     const GEMM_NRV: usize;
+    /// Independent FMA chains of the peak loop ([`crate::peak`]): enough to
+    /// cover FMA latency x FMA pipes, few enough to stay in registers.
+    const PEAK_CHAINS: usize;
     /// An 8-lane vector of the same ISA (the GEMV tail of the 1x1 kernel
     /// vectorises over at most 8 output channels).
     type V8: Vector;

@@ -21,6 +21,8 @@ impl Vector for VP {
     // NEON's 32 registers of 4 lanes.
     const GEMM_MR: usize = 6;
     const GEMM_NRV: usize = 2;
+    // Each f32x8 is two xmm registers on SSE2 (16 in all).
+    const PEAK_CHAINS: usize = 6;
     type V8 = VP;
     type Index = u32x8;
 

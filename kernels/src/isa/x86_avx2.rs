@@ -37,6 +37,8 @@ impl Vector for V256 {
     // 6 x 2 accumulators = 12 ymm, + 2 loads of B + 1 broadcast: of 16.
     const GEMM_MR: usize = 6;
     const GEMM_NRV: usize = 2;
+    // 16 chains + 2 operands would spill out of the 16 ymm registers.
+    const PEAK_CHAINS: usize = 12;
     type V8 = V256;
     type Index = Idx256;
 

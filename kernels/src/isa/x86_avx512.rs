@@ -34,6 +34,7 @@ impl Vector for V512 {
     // 8 x 3 accumulators = 24 zmm, + 3 loads of B + 1 broadcast: of 32.
     const GEMM_MR: usize = 8;
     const GEMM_NRV: usize = 3;
+    const PEAK_CHAINS: usize = 16;
     type V8 = V256;
     type Index = Idx512;
 
