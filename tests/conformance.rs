@@ -366,12 +366,18 @@ fn every_supported_registry_entry_runs_and_matches() {
     {
         let has = |f: &str| match f {
             "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
+            "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
             "avx2" => std::arch::is_x86_feature_detected!("avx2"),
             _ => std::arch::is_x86_feature_detected!("fma"),
         };
         let avx2 = has("avx2") && has("fma");
         assert_eq!(Isa::new(IsaKind::Avx2).is_ok(), avx2, "AVX2+FMA detection");
-        assert_eq!(Isa::new(IsaKind::Avx512).is_ok(), avx2 && has("avx512f"), "AVX-512 detection");
+        assert_eq!(
+            Isa::new(IsaKind::Avx512).is_ok(),
+            avx2 && has("avx512f") && has("avx512vl") && has("avx512dq"),
+            "AVX-512 detection"
+        );
     }
     let mut ran = 0;
     for (i, k) in KERNELS.iter().enumerate() {

@@ -20,7 +20,10 @@ fn expected_isa() -> &'static str {
     {
         let avx2 = std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma");
-        if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq");
+        if avx2 && avx512 {
             return "avx512";
         }
         if avx2 {

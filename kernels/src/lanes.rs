@@ -29,13 +29,6 @@ pub(crate) trait Lanes: Vector {
         Self::load(&buf, 0)
     }
 
-    /// Builds a vector from its lanes: lane `j` is `f(j)`.
-    #[inline(always)]
-    fn from_fn(f: impl Fn(usize) -> f32) -> Self {
-        let buf: [f32; MAX_LANES] = core::array::from_fn(f);
-        Self::load(&buf, 0)
-    }
-
     /// Stores the lanes to `s[i..i + LANES]`.
     ///
     /// # Panics

@@ -332,9 +332,12 @@ fn gemv_cols<G: Vector, const MR: usize, const RC: usize, R: Rows>(
     let mut acc = [[G::zero(); 4]; RC];
     let k4 = k / 4 * 4;
     for kk in (0..k4).step_by(4) {
-        for s in 0..4 {
-            gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk + s, s, &mut acc);
-        }
+        // Literal partial-sum indices (not a loop over `s`), so `acc` stays
+        // in registers.
+        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk, 0, &mut acc);
+        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk + 1, 1, &mut acc);
+        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk + 2, 2, &mut acc);
+        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk + 3, 3, &mut acc);
     }
     for kk in k4..k {
         gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk, kk - k4, &mut acc);

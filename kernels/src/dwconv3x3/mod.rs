@@ -423,18 +423,20 @@ fn flat_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let period = mask_period::<V>(ow);
     let n = if 2 * ow <= V::LANES { ow } else { V::LANES / 2 };
     let idx = [pick_index::<V>(n, 0), pick_index::<V>(n, 1)];
-    if channels > 0 {
-        s2_prepare::<V>(input, h, w, &lay, bufs[0], &idx);
-    }
-    // LOOP 1: channels, in order (spilling stores rely on it).
-    for c in 0..channels {
+    // LOOP 1: step c prepares plane c and computes plane c - 1, in order
+    // (spilling stores rely on it). One call site each: these bodies are
+    // inlined, and two copies of them cost instruction-cache space.
+    for c in 0..=channels {
         let [b0, b1] = &mut bufs;
-        let (cur, next) = if c % 2 == 0 { (b0, b1) } else { (b1, b0) };
-        if c + 1 < channels {
-            s2_prepare::<V>(&input[(c + 1) * hw..], h, w, &lay, next, &idx);
+        let (next, cur) = if c % 2 == 0 { (b0, b1) } else { (b1, b0) };
+        if c < channels {
+            s2_prepare::<V>(&input[c * hw..], h, w, &lay, next, &idx);
         }
-        let k = splat_weights::<V>(&packed[c * PACKED_PER_CHANNEL..]);
-        flat_plane::<V, false, A>(&k, cur, &offs, ml, &[], period, nvec, output, c * ohw);
+        if c >= 1 {
+            let k = splat_weights::<V>(&packed[(c - 1) * PACKED_PER_CHANNEL..]);
+            let o0 = (c - 1) * ohw;
+            flat_plane::<V, false, A>(&k, cur, &offs, ml, &[], period, nvec, output, o0);
+        }
     }
 }
 
@@ -543,22 +545,32 @@ pub fn dw3x3_s2p1(isa: Isa, act: Activation, args: Dw3x3Args<'_>, scratch: &mut 
 }
 
 fn run_dw(isa: Isa, act: Activation, stride: usize, args: Dw3x3Args<'_>, scratch: &mut [f32]) {
-    struct Run<'a, 'b, A>(usize, Dw3x3Args<'a>, &'b mut [f32], core::marker::PhantomData<A>);
-    impl<A: Act> Job for Run<'_, '_, A> {
+    // One job (so one compiled function) per stride, not a runtime branch
+    // inside one: each driver inlines many kernel variants.
+    struct S1<'a, 'b, A>(Dw3x3Args<'a>, &'b mut [f32], core::marker::PhantomData<A>);
+    impl<A: Act> Job for S1<'_, '_, A> {
         type Out = ();
         #[inline(always)]
         fn run<V: Vector>(self) {
-            let Run(stride, args, scratch, _) = self;
-            if stride == 1 {
-                s1_body::<V, A>(args, scratch)
-            } else {
-                check_args::<V>(&args, 2, scratch);
-                flat_s2::<V, A>(args, scratch)
-            }
+            s1_body::<V, A>(self.0, self.1)
+        }
+    }
+    struct S2<'a, 'b, A>(Dw3x3Args<'a>, &'b mut [f32], core::marker::PhantomData<A>);
+    impl<A: Act> Job for S2<'_, '_, A> {
+        type Out = ();
+        #[inline(always)]
+        fn run<V: Vector>(self) {
+            check_args::<V>(&self.0, 2, self.1);
+            flat_s2::<V, A>(self.0, self.1)
         }
     }
     fn go<A: Act>(isa: Isa, stride: usize, args: Dw3x3Args<'_>, scratch: &mut [f32]) {
-        dispatch(isa, Run::<A>(stride, args, scratch, core::marker::PhantomData))
+        use core::marker::PhantomData;
+        if stride == 1 {
+            dispatch(isa, S1::<A>(args, scratch, PhantomData))
+        } else {
+            dispatch(isa, S2::<A>(args, scratch, PhantomData))
+        }
     }
     with_act!(act, go::<_>(isa, stride, args, scratch))
 }
@@ -574,31 +586,41 @@ fn s1_body<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let input = &input[..channels * hw];
     let output = &mut output[..channels * hw];
 
-    // Lane masks: `all` keeps every lane, `ml0` clears lane 0 (the left tap of
-    // column 0), `mr_last` clears the right tap of column w-1 in the row's last
-    // vector (lane w-1 when w < V::LANES, lane V::LANES-1 when it is moved to end at w).
+    // Lane masks, made once: `ml0` clears lane 0 (the left tap of column 0),
+    // `mr_last` the right tap of column w-1 in the row's last vector (lane
+    // w-1 when w < LANES, lane LANES-1 when it is moved to end at w).
     let ones = f32::from_bits(u32::MAX);
-    let ml0 = V::from_fn(|j| if j == 0 { 0.0 } else { ones });
     let last = w.min(V::LANES) - 1;
-    let mr_last = V::from_fn(|j| if j == last { 0.0 } else { ones });
-    let masks = (ml0, mr_last);
-
+    let masks: [[f32; MAX_LANES]; 2] = [
+        core::array::from_fn(|j| if j == 0 { 0.0 } else { ones }),
+        core::array::from_fn(|j| if j == last { 0.0 } else { ones }),
+    ];
+    let masks = (V::load(&masks[0], 0), V::load(&masks[1], 0));
     let (s_in, s_out) = scratch.split_at_mut(s1_in_region::<V>(h, w));
     let s_out = &mut s_out[..out_region::<V>(oh, ow)];
     // LOOP 1: channels, in order (spilling stores rely on it).
     for c in 0..channels {
-        let k = splat_weights::<V>(&packed[c * PACKED_PER_CHANNEL..]);
+        let blk = &packed[c * PACKED_PER_CHANNEL..(c + 1) * PACKED_PER_CHANNEL];
         let fast = c >= 1
             && c * hw + s1_in_region::<V>(h, w) - 1 <= input.len()
             && c * hw + out_region::<V>(oh, ow) <= output.len();
-        if fast {
-            s1_plane::<V, A>(&k, [h, w], masks, input, c * hw, output, c * hw);
-        } else {
+        if !fast {
             // Edge plane: a copy with one zero before it and zeros after it.
             s_in[0] = 0.0;
             s_in[1..1 + hw].copy_from_slice(&input[c * hw..(c + 1) * hw]);
             s_in[1 + hw..].fill(0.0);
-            s1_plane::<V, A>(&k, [h, w], masks, s_in, 1, s_out, 0);
+        }
+        {
+            // One call site: the band kernels' many variants are inlined.
+            let (src, io, dst, oo): (&[f32], usize, &mut [f32], usize) = if fast {
+                (input, c * hw, &mut *output, c * hw)
+            } else {
+                (&*s_in, 1, &mut *s_out, 0)
+            };
+            let k = splat_weights::<V>(blk);
+            s1_plane::<V, A>(&k, [h, w], masks, src, io, dst, oo);
+        }
+        if !fast {
             output[c * hw..(c + 1) * hw].copy_from_slice(&s_out[..hw]);
         }
     }

@@ -34,7 +34,8 @@ use std::sync::OnceLock;
 /// holding one says nothing about the CPU (see [`Isa`] for that).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IsaKind {
-    /// AVX-512F (with AVX2 and FMA): 16 f32 lanes in 512-bit registers.
+    /// AVX-512 F, VL and DQ (with AVX2 and FMA; every AVX-512 CPU since
+    /// Skylake-SP and Zen 4): 16 f32 lanes in 512-bit registers.
     Avx512,
     /// AVX2 + FMA (x86-64-v3): 8 f32 lanes in 256-bit registers.
     Avx2,
@@ -82,6 +83,8 @@ impl IsaKind {
             #[cfg(target_arch = "x86_64")]
             IsaKind::Avx512 => {
                 std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
                     && std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
@@ -277,7 +280,8 @@ pub(crate) fn dispatch<J: Job>(isa: Isa, job: J) -> J::Out {
     match isa.0 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind Avx512 exists only if the CPU has AVX-512F,
-        // AVX2 and FMA (checked in `Isa::new`), the features the entry enables.
+        // VL, DQ, AVX2 and FMA (checked in `Isa::new`), the features the entry
+        // enables.
         IsaKind::Avx512 => unsafe { x86_avx512::run(job) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind Avx2 exists only if the CPU has AVX2 and FMA.

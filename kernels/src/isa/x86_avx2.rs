@@ -9,7 +9,6 @@
 use core::arch::x86_64::*;
 
 use super::{Job, Vector};
-
 /// Runs `job` compiled for AVX2 + FMA.
 ///
 /// # Safety
