@@ -107,6 +107,7 @@ pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
     let isa = super::main_job::chosen_isa(args.isa.as_deref())?;
     let peak = fma_peak_gflops(isa, threads)?;
     if !args.json {
+        outln!("CPU: {}", crate::machine::cpu_description());
         outln!(
             "repconv layers: {threads} thread(s), ISA {isa} ({} lanes), in-process FMA peak {peak:.1} GFLOP/s",
             isa.lanes()

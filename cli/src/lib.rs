@@ -19,6 +19,7 @@ macro_rules! outln {
 pub mod compare;
 pub mod info;
 pub mod layers;
+pub mod machine;
 pub mod main_job;
 pub mod measure;
 pub mod reparam;

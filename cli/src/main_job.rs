@@ -51,6 +51,7 @@ pub(crate) fn chosen_isa(name: Option<&str>) -> Result<repconv::Isa, repconv::Is
 #[derive(Serialize)]
 struct Report {
     variant: String,
+    cpu: String,
     isa: &'static str,
     size: usize,
     batch: usize,
@@ -120,6 +121,7 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
     let peak = fma_peak_gflops(isa, threads)?;
     let report = Report {
         variant: args.variant.name().to_string(),
+        cpu: crate::machine::cpu_description(),
         isa: isa.name(),
         size: args.size,
         batch: args.batch,
@@ -137,6 +139,7 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
         outln!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
+    outln!("CPU: {}", report.cpu);
     outln!(
         "MobileOne-{} {}x{} batch {}: {} thread(s), ISA {} ({} lanes), in-process FMA peak {:.1} GFLOP/s",
         args.variant.name().to_uppercase(),
