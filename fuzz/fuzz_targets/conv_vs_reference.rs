@@ -1,10 +1,10 @@
-//! Arbitrary small convolutions: either a typed error, or output equal to the
-//! f64 reference within `1e-5 * Σ|terms| + 1e-6`.
+//! Arbitrary small convolutions on any ISA this CPU has: either a typed
+//! error, or output equal to the f64 reference within `1e-5 * Σ|terms| + 1e-6`.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use repconv::{Activation, Conv2d, Conv2dParams, Tensor};
+use repconv::{Activation, Conv2d, Conv2dParams, Isa, Tensor};
 use repconv_kernels::reference::{RefConv, conv2d_nchw_ref};
 
 #[derive(Arbitrary, Debug)]
@@ -21,6 +21,7 @@ struct Input {
     dilation: [u8; 2],
     relu: bool,
     bias: bool,
+    isa: u8,
     data: Vec<i8>,
 }
 
@@ -41,7 +42,10 @@ fuzz_target!(|inp: Input| {
     let weights: Vec<f32> = (0..wlen).map(|i| val(i * 7 + 1)).collect();
     let bias: Vec<f32> = (0..cout).map(|i| val(i * 3 + 2)).collect();
     let act = if inp.relu { Activation::Relu } else { Activation::None };
-    let conv = match Conv2d::new(params, &weights, inp.bias.then_some(&bias[..]), act) {
+    let isas: Vec<Isa> = Isa::available().collect();
+    let isa = isas[inp.isa as usize % isas.len()];
+    let built = Conv2d::new(params, &weights, inp.bias.then_some(&bias[..]), act);
+    let conv = match built.and_then(|c| c.with_isa(isa)) {
         Ok(c) => c,
         Err(_) => return,
     };
