@@ -21,8 +21,10 @@
  * after a success). NULL pointers, wrong lengths, wrong shapes, corrupt files
  * and unknown ISAs are reported this way; no call panics across the
  * boundary (an internal panic is caught and returned as REPCONV_ERR_PANIC)
- * and no call aborts the process on caller input: sizes are checked before
- * anything is allocated (at most 2^31 elements per tensor).
+ * and no caller input makes a call abort the process: sizes are checked,
+ * with overflow checks and a limit of 2^31 elements per tensor, against the
+ * lengths given before anything is allocated or read. (Running out of
+ * memory within those limits is fatal, as for most C libraries.)
  *
  * DATA. Tensors are contiguous NCHW float32 in the caller's buffers, shapes
  * are size_t[4] = {n, c, h, w}, convolution weights OIHW as in PyTorch.

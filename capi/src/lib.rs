@@ -109,3 +109,15 @@ fn parse_isa(name: Option<&CStr>) -> status::Res<Option<Isa>> {
     })?;
     Ok(Some(Isa::from_name(name)?))
 }
+
+#[cfg(test)]
+mod tests {
+    /// C callers share handles between threads (forward passes and queries
+    /// concurrently, as the header documents), so both must be Send + Sync.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::Conv>();
+        shareable::<super::Net>();
+    }
+}
