@@ -17,7 +17,7 @@
 use std::ptr::null;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use repconv::{
+use repconv_capi::{
     ConvParams, REPCONV_ACTIVATION_RELU, REPCONV_OK, repconv_conv_create, repconv_conv_destroy,
     repconv_conv_forward,
 };

@@ -12,7 +12,7 @@
  * exit status: 0 success, 1 a repconv error or mismatching logits, 2 bad usage or file.
  *
  * Build (from the repository root, after `cargo build --release -p repconv-capi`):
- *   cc -std=c11 -O2 -Icapi/include capi/examples/classify.c -Ltarget/release -lrepconv \
+ *   cc -std=c11 -O2 -Icapi/include capi/examples/classify.c -Ltarget/release -lrepconv_capi \
  *      -Wl,-rpath,"$PWD/target/release" -o classify
  */
 #include <stdint.h>

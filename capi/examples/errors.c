@@ -11,7 +11,7 @@
  * exit status: 0 when every check passes, 1 otherwise.
  *
  * Build (from the repository root, after `cargo build --release -p repconv-capi`):
- *   cc -std=c11 -O2 -Icapi/include capi/examples/errors.c -Ltarget/release -lrepconv \
+ *   cc -std=c11 -O2 -Icapi/include capi/examples/errors.c -Ltarget/release -lrepconv_capi \
  *      -Wl,-rpath,"$PWD/target/release" -o errors
  */
 #include <math.h>

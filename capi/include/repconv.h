@@ -4,8 +4,8 @@
  *
  * Build and link (from the repository root):
  *   cargo build --release -p repconv-capi
- *   cc app.c -Icapi/include -Ltarget/release -lrepconv                 (shared: librepconv.so)
- *   cc app.c -Icapi/include target/release/librepconv.a -lpthread -ldl -lm   (static)
+ *   cc app.c -Icapi/include -Ltarget/release -lrepconv_capi                 (shared: librepconv_capi.so)
+ *   cc app.c -Icapi/include target/release/librepconv_capi.a -lpthread -ldl -lm   (static)
  *
  * HANDLES. repconv_conv (one convolution) and repconv_net (a MobileOne
  * network) are opaque. They are made by repconv_conv_create,

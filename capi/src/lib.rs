@@ -1,4 +1,4 @@
-//! The C ABI of repconv: `librepconv.so` / `librepconv.a` and the header
+//! The C ABI of repconv: `librepconv_capi.so` / `librepconv_capi.a` and the header
 //! `include/repconv.h`, which cbindgen generates from these sources and
 //! `cbindgen.toml` (the header's opening comment, in `cbindgen.toml`, is the
 //! API overview: handles, status codes, ownership, threads).

@@ -6,7 +6,7 @@
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::ptr::{null, null_mut};
 
-use repconv::*;
+use repconv_capi::*;
 use repconv_rs::mobileone::{MobileOne, SplitMix64, Workspace};
 use repconv_rs::weights::{self, LoadOptions};
 use repconv_rs::{Activation, Conv2d, Conv2dParams, Isa, Tensor};
