@@ -55,6 +55,44 @@ fn any_thread_count_gives_the_same_bits() {
     }
 }
 
+/// The general path in narrow bands (mid-row starts and ends) and through the
+/// direct tap loop, forced by small scratch limits, and a 1x1 layer whose
+/// 70000-channel reduction is too long for the GEMM: the same bits for any
+/// pool size.
+#[test]
+fn banded_and_tap_paths_give_the_same_bits_for_any_thread_count() {
+    let cases: Vec<(Conv2dParams, [usize; 4], usize)> = vec![
+        (Conv2dParams::new(16, 24, [5, 5]).with_padding([2, 2]), [2, 16, 23, 29], 2 << 10),
+        (Conv2dParams::new(16, 24, [5, 5]).with_padding([2, 2]), [2, 16, 23, 29], 64 << 10),
+        (
+            Conv2dParams::new(12, 24, [3, 5])
+                .with_padding([3, 1])
+                .with_stride([2, 1])
+                .with_dilation([2, 3])
+                .with_groups(4),
+            [2, 12, 19, 24],
+            4,
+        ),
+        (Conv2dParams::new(70_000, 3, [1, 1]), [1, 70_000, 2, 3], 4 << 20),
+    ];
+    for (i, (params, shape, limit)) in cases.into_iter().enumerate() {
+        let conv = build(params, 20 + i as u64).with_scratch_limit(limit);
+        let x = Tensor::from_vec(shape, values(200 + i as u64, shape.iter().product())).unwrap();
+        let serial = bits(&conv.clone().with_parallelism(Parallelism::Serial).forward(&x).unwrap());
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let conv = conv.clone().with_parallel_threshold(0);
+            let y = pool.install(|| conv.forward(&x).unwrap());
+            assert_eq!(
+                bits(&y),
+                serial,
+                "{} (limit {limit}) with {threads} threads",
+                conv.kernel_name()
+            );
+        }
+    }
+}
+
 #[test]
 fn one_conv_shared_by_eight_threads() {
     for (i, (params, shape)) in layers().into_iter().enumerate() {

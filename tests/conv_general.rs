@@ -1,4 +1,6 @@
-//! The general convolution path against the reference, on random geometry.
+//! The general convolution path against the reference, on random geometry:
+//! as planned, forced to the general path, and forced to work in narrow bands
+//! or through the direct tap loop by a small scratch limit.
 
 mod common;
 
@@ -55,6 +57,14 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn run_case(c: &Case, choice: KernelChoice) -> Result<(), TestCaseError> {
+    run_case_limited(c, choice, None)
+}
+
+fn run_case_limited(
+    c: &Case,
+    choice: KernelChoice,
+    limit: Option<usize>,
+) -> Result<(), TestCaseError> {
     let params = Conv2dParams::new(c.groups * c.cin_g, c.groups * c.cout_g, c.kernel)
         .with_stride(c.stride)
         .with_padding(c.padding)
@@ -68,6 +78,10 @@ fn run_case(c: &Case, choice: KernelChoice) -> Result<(), TestCaseError> {
     let conv = match Conv2d::with_choice(params, &weights, bias, act, choice) {
         Ok(conv) => conv,
         Err(e) => return Err(TestCaseError::fail(format!("valid params rejected: {e}"))),
+    };
+    let conv = match limit {
+        Some(bytes) => conv.with_scratch_limit(bytes),
+        None => conv,
     };
     let rp = ref_conv(&params, shape, act);
     let input = Tensor::from_vec(shape, values(c.seed ^ 2, shape.iter().product())).unwrap();
@@ -96,5 +110,13 @@ proptest! {
     #[test]
     fn planned_path_matches_reference(c in case()) {
         run_case(&c, KernelChoice::Auto)?;
+    }
+
+    /// Limits from 4 bytes (one float: every reduction is longer, so the
+    /// direct tap loop runs) to 4 KiB: bands of one position to whole rows,
+    /// starting and ending mid-row.
+    #[test]
+    fn banded_and_tap_paths_match_reference(c in case(), limit in 4usize..4096) {
+        run_case_limited(&c, KernelChoice::General, Some(limit))?;
     }
 }

@@ -1,5 +1,8 @@
 //! Execution: weight packing per plan, and the rayon frame that splits each
-//! image's output into disjoint row blocks and hands them to the kernels.
+//! image's output into disjoint row blocks and hands them to the kernels. The
+//! 1x1 and general paths are driven from [`super::general`], which reaches the
+//! GEMM kernel only through [`gemm`]; every call into `repconv_kernels` is in
+//! this file.
 //!
 //! Every output element is computed by exactly one task, with the same
 //! arithmetic in the same order whatever the split, so the result is bitwise
@@ -12,6 +15,7 @@ use repconv_kernels::dwconv1x1::{self, Dw1x1Args};
 use repconv_kernels::dwconv3x3::{self, Dw3x3Args};
 use repconv_kernels::{Activation as Act, Isa};
 
+use super::general;
 use super::params::Conv2dParams;
 use super::plan::{Family, Plan};
 use super::{Activation, Conv2d, Parallelism};
@@ -26,11 +30,6 @@ pub(super) const PAR_MIN_FLOPS: u64 = 2_000_000;
 /// How much more time a depthwise FLOP takes than a GEMM FLOP (measured:
 /// ~25 vs ~105 GFLOP/s on small planes), for the serial/parallel decision.
 const DEPTHWISE_WORK_FACTOR: u64 = 4;
-
-/// Reduction length of the GEMM one group runs: `cin/groups * kh * kw`.
-fn gemm_k(p: &Conv2dParams) -> usize {
-    p.in_per_group() * p.kernel[0] * p.kernel[1]
-}
 
 /// Packs OIHW weights and the bias for the plan's kernel family.
 pub(super) fn pack(
@@ -50,8 +49,11 @@ pub(super) fn pack(
             dwconv3x3::pack_weights(weights, bias, p.out_channels, &mut packed);
             Ok(packed)
         }
+        // Too long a reduction for the GEMM's panels: the general path runs
+        // the direct tap loop on the OIHW weights instead, so nothing to pack.
+        Family::Conv1x1 | Family::General if general::beyond_gemm(p) => Ok(Vec::new()),
         Family::Conv1x1 | Family::General | Family::Conv3x3 => {
-            let (m, k) = (p.out_per_group(), gemm_k(p));
+            let (m, k) = (p.out_per_group(), general::gemm_k(p));
             let isa = plan.isa();
             let per_group =
                 conv1x1::packed_len(isa, m, k).ok_or(Error::TooLarge { what: "packed weights" })?;
@@ -77,10 +79,7 @@ pub(super) fn pack(
 
 /// Runs a validated convolution (shapes already checked by the caller).
 pub(super) fn run(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_>) {
-    let act = match conv.activation {
-        Activation::None => Act::Identity,
-        Activation::Relu => Act::Relu,
-    };
+    let act = kernel_act(conv.activation);
     let p = &conv.params;
     let flops = p.flops(input.shape()).unwrap_or(u64::MAX);
     // Depthwise layers move as many bytes as they compute: a FLOP of theirs
@@ -93,59 +92,18 @@ pub(super) fn run(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_
         && work >= conv.parallel_min_flops
         && rayon::current_num_threads() > 1;
     match conv.plan.family() {
-        Family::Conv1x1 | Family::General => run_gemm(conv, act, input, output, parallel),
+        Family::Conv1x1 | Family::General => general::run(conv, act, input, output, parallel),
         Family::Conv3x3 => run_conv3x3(conv, act, input, output, parallel),
         Family::Dw3x3 => run_dw3x3(conv, act, input, output, parallel),
         Family::Dw1x1 => run_dw1x1(conv, act, input, output, parallel),
     }
 }
 
-/// The 1x1 path (GEMM straight over the input) and the general path (im2col,
-/// then the same GEMM).
-fn run_gemm(
-    conv: &Conv2d,
-    act: Act,
-    input: TensorView<'_>,
-    output: TensorViewMut<'_>,
-    parallel: bool,
-) {
-    let p = &conv.params;
-    let [_, cin, h, w] = input.shape();
-    let [_, cout, oh, ow] = output.shape();
-    let npix = oh * ow;
-    let (m, k) = (p.out_per_group(), gemm_k(p));
-    // `pack` computed this same length with checked arithmetic when the
-    // Conv2d was built (and returned an error if it overflowed).
-    let isa = conv.plan.isa();
-    let group_packed = conv1x1::packed_len(isa, m, k).expect("checked when packing");
-    let direct = conv.plan.family() == Family::Conv1x1;
-    let x = input.as_slice();
-    let y = output.into_slice();
-
-    for (xb, yb) in x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * npix)) {
-        if direct {
-            gemm_rows(isa, act, &conv.packed, m, k, npix, xb, h * w, yb, parallel);
-        } else if p.groups == 1 {
-            with_im2col(k * npix, |col| {
-                im2col(p, xb, [h, w], [oh, ow], col, parallel);
-                gemm_rows(isa, act, &conv.packed, m, k, npix, col, npix, yb, parallel);
-            });
-        } else {
-            let cin_g = p.in_per_group();
-            let per_group = |(g, yg): (usize, &mut [f32])| {
-                let xg = &xb[g * cin_g * h * w..(g + 1) * cin_g * h * w];
-                let pk = &conv.packed[g * group_packed..(g + 1) * group_packed];
-                with_im2col(k * npix, |col| {
-                    im2col(p, xg, [h, w], [oh, ow], col, false);
-                    gemm_rows(isa, act, pk, m, k, npix, col, npix, yg, false);
-                });
-            };
-            if parallel {
-                yb.par_chunks_mut(m * npix).enumerate().for_each(per_group);
-            } else {
-                yb.chunks_mut(m * npix).enumerate().for_each(per_group);
-            }
-        }
+/// The kernels' name for an activation.
+pub(super) fn kernel_act(a: Activation) -> Act {
+    match a {
+        Activation::None => Act::Identity,
+        Activation::Relu => Act::Relu,
     }
 }
 
@@ -182,38 +140,57 @@ fn for_each_row_block(
     }
 }
 
-/// `c[m][n] = A(bias + W · b)` for one group, split into row blocks of whole
-/// `MR` tiles when `parallel`.
+/// The GEMM every 1x1 and general convolution runs, on one group: for the
+/// `m` output rows `r` and the `n` columns `j` of a column band starting at
+/// output column `col0`,
+/// `c[r * ldc + col0 + j] = A(bias[r] + Σ_kk W[r][kk] · b[kk * ldb + j])`,
+/// split into tasks of whole `MR`-row blocks when `parallel`. `c` holds the
+/// group's `m` whole output rows (`ldc` long); nothing outside the band is
+/// written. The split never changes any element's arithmetic: that depends
+/// only on `k`, `n` and the element's column in the band.
+///
+/// This and [`pack`] are the only places that call the GEMM kernel.
 #[allow(clippy::too_many_arguments)]
-fn gemm_rows(
+pub(super) fn gemm(
     isa: Isa,
     act: Act,
     packed: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
+    [m, k, n]: [usize; 3],
     b: &[f32],
     ldb: usize,
     c: &mut [f32],
+    ldc: usize,
+    col0: usize,
     parallel: bool,
 ) {
     let block_len = (k + 1) * conv1x1::tile(isa).0;
     // `pack` sized the packed weights, k * MR, with checked arithmetic; the
     // panel is k * NR <= 8 k * MR floats.
     let scratch = conv1x1::scratch_len(isa, k).expect("checked when packing");
-    for_each_row_block(isa, c, m, n, parallel, |first_block, ct| {
+    for_each_row_block(isa, c, m, ldc, parallel, |first_block, ct| {
         let args = Conv1x1Args {
-            m: ct.len() / n,
+            m: ct.len() / ldc,
             k,
             n,
             packed: &packed[first_block * block_len..],
             b,
             ldb,
-            c: ct,
-            ldc: n,
+            c: &mut ct[col0..],
+            ldc,
         };
         with_panel(scratch, |s| conv1x1::conv1x1(isa, act, args, s));
     });
+}
+
+/// Pixels per GEMM register tile of `isa`: bands of the general path are
+/// whole multiples of it where they can be.
+pub(super) fn gemm_tile_cols(isa: Isa) -> usize {
+    conv1x1::tile(isa).1
+}
+
+/// Length of one group's packed GEMM weights (`m` rows, reduction `k`) for `isa`.
+pub(super) fn gemm_packed_len(isa: Isa, m: usize, k: usize) -> Option<usize> {
+    conv1x1::packed_len(isa, m, k)
 }
 
 /// The direct 3x3 path: pad and phase-split the input once per image, then
@@ -353,56 +330,5 @@ fn run_dw1x1(
         y.par_chunks_mut(per_task * oh * ow).enumerate().for_each(task);
     } else {
         y.chunks_mut(per_task * oh * ow).enumerate().for_each(task);
-    }
-}
-
-/// Lays out the receptive fields of one group as a `k x npix` matrix: row
-/// `(ci, ky, kx)`, column `(oy, ox)` holds the input tap that output pixel
-/// multiplies with weight `[ci][ky][kx]`, or 0 in the padding.
-fn im2col(
-    p: &Conv2dParams,
-    x: &[f32],
-    [h, w]: [usize; 2],
-    [oh, ow]: [usize; 2],
-    col: &mut [f32],
-    parallel: bool,
-) {
-    let [kh, kw] = p.kernel;
-    let npix = oh * ow;
-    let fill_row = |(r, row): (usize, &mut [f32])| {
-        let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        // Output columns whose input column lies inside [0, w):
-        // ix = ox*sw + kx*dw - pw, so ox_lo = ceil((pw - kx*dw) / sw), ox_hi = ceil((w + pw - kx*dw) / sw).
-        let shift = kx * p.dilation[1];
-        let ox_lo = p.padding[1].saturating_sub(shift).div_ceil(p.stride[1]).min(ow);
-        let ox_hi = (w + p.padding[1]).saturating_sub(shift).div_ceil(p.stride[1]).clamp(ox_lo, ow);
-        for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
-            let iy = (oy * p.stride[0] + ky * p.dilation[0]).wrapping_sub(p.padding[0]);
-            if iy >= h {
-                out.fill(0.0);
-                continue;
-            }
-            let src = &plane[iy * w..(iy + 1) * w];
-            out[..ox_lo].fill(0.0);
-            out[ox_hi..].fill(0.0);
-            if ox_lo == ox_hi {
-                continue;
-            }
-            let ix0 = ox_lo * p.stride[1] + shift - p.padding[1];
-            if p.stride[1] == 1 {
-                out[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + (ox_hi - ox_lo)]);
-            } else {
-                for (o, ix) in out[ox_lo..ox_hi].iter_mut().zip((ix0..).step_by(p.stride[1])) {
-                    *o = src[ix];
-                }
-            }
-        }
-    };
-    let col = &mut col[..gemm_k(p) * npix];
-    if parallel {
-        col.par_chunks_mut(npix).enumerate().for_each(fill_row);
-    } else {
-        col.chunks_mut(npix).enumerate().for_each(fill_row);
     }
 }

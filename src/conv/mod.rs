@@ -1,7 +1,19 @@
 //! Convolution: validated geometry ([`Conv2dParams`]), a plan that picks the
 //! kernel ([`plan::Plan`]), packed weights, and rayon execution ([`Conv2d`]).
+//!
+//! # Memory
+//! Every geometry [`Conv2d::new`] accepts runs, in scratch memory that does
+//! not grow with the layer on the 1x1 and general paths: the general path
+//! works in bands of output positions whose im2col matrix holds at most
+//! [`Conv2d::with_scratch_limit`] bytes (4 MiB by default) per thread, and
+//! reductions too long for that (or for the GEMM) run a direct loop over the
+//! in-bounds kernel taps with no scratch. The direct 3x3 and depthwise 3x3
+//! kernels copy one image's input (respectively one plane) into a padded
+//! layout, so their scratch is proportional to the input. Per-thread buffers
+//! are kept between calls up to 16 MiB each and given back above that.
 
 mod exec;
+mod general;
 pub mod params;
 pub mod plan;
 
@@ -44,6 +56,8 @@ pub struct Conv2d {
     activation: Activation,
     parallelism: Parallelism,
     parallel_min_flops: u64,
+    /// Largest im2col band of the general path, in floats.
+    scratch_limit: usize,
     plan: Plan,
     weights: Vec<f32>,
     bias: Option<Vec<f32>>,
@@ -96,6 +110,7 @@ impl Conv2d {
             activation,
             parallelism: Parallelism::Rayon,
             parallel_min_flops: exec::PAR_MIN_FLOPS,
+            scratch_limit: general::DEFAULT_SCRATCH_LIMIT_BYTES / size_of::<f32>(),
             plan,
             weights: weights.to_vec(),
             bias: bias.map(<[f32]>::to_vec),
@@ -138,6 +153,19 @@ impl Conv2d {
         self
     }
 
+    /// Sets the most memory, in bytes, that the general path's im2col matrix
+    /// may take per thread (default 4 MiB); it then works in bands of output
+    /// positions that fit. When one output position's receptive field
+    /// (`in_channels / groups * kernel_h * kernel_w` floats) alone is larger,
+    /// the general path runs a direct loop over the kernel taps instead, which
+    /// needs no scratch but is much slower. Other kernels are unaffected.
+    /// Results depend on the limit (bands change how the GEMM tiles the
+    /// columns) but, for a given limit, not on the number of threads.
+    pub fn with_scratch_limit(mut self, bytes: usize) -> Self {
+        self.scratch_limit = (bytes / size_of::<f32>()).max(1);
+        self
+    }
+
     /// The geometry.
     pub fn params(&self) -> &Conv2dParams {
         &self.params
@@ -164,9 +192,10 @@ impl Conv2d {
     }
 
     /// The name of the kernel that runs, e.g. `conv1x1_8x48__avx512` or
-    /// `general_im2col+conv1x1_6x16__avx2`.
+    /// `general_im2col+conv1x1_6x16__avx2`, or `general_taps` when the general
+    /// path's direct tap loop runs (see [`Conv2d::with_scratch_limit`]).
     pub fn kernel_name(&self) -> &'static str {
-        self.plan.kernel_name()
+        if general::uses_taps(self) { general::TAPS_NAME } else { self.plan.kernel_name() }
     }
 
     /// Output shape for an input shape.
@@ -183,7 +212,8 @@ impl Conv2d {
 
     /// Runs the convolution from `input` into `output`, whose shape must be
     /// exactly [`Conv2d::output_shape`] of the input. Allocates nothing once
-    /// the threads involved have run a layer at least this large.
+    /// the threads involved have run a layer at least this large, unless a
+    /// per-thread buffer would exceed 16 MiB (see the module docs).
     pub fn forward_into(&self, input: TensorView<'_>, output: TensorViewMut<'_>) -> Result<()> {
         let expected = self.output_shape(input.shape())?;
         if output.shape() != expected {
