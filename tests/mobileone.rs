@@ -188,8 +188,9 @@ fn within_magnitude(got: &[f32], want: &[f32], mag: &[f64]) -> Result<(), String
     let mut worst: Option<(usize, f64)> = None;
     for (i, ((&a, &b), &m)) in got.iter().zip(want).zip(mag).enumerate() {
         let (d, tol) = (abs_diff(a, b), 1e-5 * m + 1e-6);
-        // `!(d <= tol)`: a NaN tolerance fails too.
-        if !(d <= tol) && worst.is_none_or(|(_, r)| d / tol > r) {
+        // A NaN tolerance (a NaN magnitude) fails too.
+        let fails = d > tol || tol.is_nan();
+        if fails && worst.is_none_or(|(_, r)| d / tol > r) {
             worst = Some((i, d / tol));
         }
     }
