@@ -40,8 +40,6 @@ pub enum Error {
         /// What was being sized.
         what: &'static str,
     },
-    /// The operation is valid but not supported by this build or path.
-    Unsupported(String),
     /// A tensor the model needs is not in the checkpoint.
     MissingTensor {
         /// Its full name, e.g. `stages.0.1.conv_kxk.0.conv.weight`.
@@ -135,7 +133,6 @@ impl fmt::Display for Error {
                 "{what}: size overflows or exceeds the limit of {} elements",
                 crate::MAX_ELEMENTS
             ),
-            Error::Unsupported(what) => write!(f, "unsupported: {what}"),
             Error::MissingTensor { name, expected } => {
                 write!(f, "missing tensor {name} (expected shape {expected:?})")
             }

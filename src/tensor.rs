@@ -257,11 +257,6 @@ impl<'a> TensorViewMut<'a> {
         self.data
     }
 
-    /// Reborrows as an immutable view.
-    pub fn as_view(&self) -> TensorView<'_> {
-        TensorView { shape: self.shape, data: self.data }
-    }
-
     /// Reborrows as a shorter-lived mutable view.
     pub fn reborrow(&mut self) -> TensorViewMut<'_> {
         TensorViewMut { shape: self.shape, data: self.data }

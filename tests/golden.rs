@@ -14,6 +14,9 @@
 //! errors and why). Fused weights: `max |ours - timm| <= 1e-5 * max |timm|`
 //! per tensor.
 
+mod common;
+
+use common::{max_abs, max_abs_diff};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -51,19 +54,12 @@ fn io(kind: &str) -> HashMap<String, NamedTensor> {
         .collect()
 }
 
-fn max_abs(v: &[f32]) -> f64 {
-    v.iter().fold(0f64, |m, x| m.max(f64::from(x.abs())))
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
-}
-
 /// Checks `got` against PyTorch's `want` at `abs_tol` and `rel_tol` of
-/// `max |want|`; returns (max |diff|, relative).
+/// `max |want|`; returns (max |diff|, relative). NaN-aware: a NaN on one side
+/// only (or a length mismatch) is an infinite difference, and a NaN in `want`
+/// makes the bound NaN, so either fails.
 fn assert_matches(what: &str, got: &[f32], want: &[f32], abs_tol: f64, rel_tol: f64) -> (f64, f64) {
-    let (d, m) = (max_diff(got, want), max_abs(want));
+    let (d, m) = (max_abs_diff(got, want), max_abs(want));
     let rel = d / m.max(f64::MIN_POSITIVE);
     eprintln!("{what}: max |diff| {d:.3e}, max |out| {m:.3e}, relative {rel:.3e}");
     assert!(m > 0.0, "{what}: all-zero reference output");
@@ -128,7 +124,7 @@ fn check_block(kind: &str) {
     assert!(timm.is_reparameterized());
     let ((w, b), (tw, tb)) = (fused_weights(&ours), fused_weights(&timm));
     for (what, a, t) in [("weight", &w, &tw), ("bias", &b, &tb)] {
-        let (d, m) = (max_diff(a, t), max_abs(t));
+        let (d, m) = (max_abs_diff(a, t), max_abs(t));
         eprintln!("{kind} reparam_conv.{what}: max |ours - timm| {d:.3e} of {m:.3e}");
         assert!(d <= 1e-5 * m, "{kind} reparam_conv.{what}: {d:.3e} > 1e-5 * {m:.3e}");
     }

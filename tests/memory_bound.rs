@@ -235,7 +235,9 @@ fn point_evaluation_matches_the_reference() {
 #[test]
 fn hostile_geometries_run_in_bounded_scratch() {
     let _lock = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let cases: Vec<(&str, Conv2dParams, [usize; 4], Vec<[usize; 4]>)> = vec![
+    // (name, geometry, input shape, output positions to check)
+    type Case = (&'static str, Conv2dParams, [usize; 4], Vec<[usize; 4]>);
+    let cases: Vec<Case> = vec![
         (
             // The case: a 5 TB im2col matrix before bands. The
             // reduction (2^20) is too long for the GEMM: direct tap loop.

@@ -4,20 +4,26 @@
 //! f64 reference convolution; errors instead of panics; no allocation in the
 //! steady state.
 //!
-//! Tolerance (fused vs multi-branch, and multi-branch vs the f64 oracle):
-//! `max |fused - multi| <= 1e-5 * scale + 1e-6`, where for a block `scale` is
-//! the larger of `max |multi|` and the largest pre-activation value (the
-//! branch sum before SE and ReLU, from the oracle), so an output that ReLU
-//! clips to all zeros is still compared at the scale of what was clipped; for
-//! a network, each logit to 1e-5 of the magnitude of its head terms and the
+//! Tolerance (fused vs multi-branch, and multi-branch vs the f64 oracle), per
+//! element: `|fused[i] - multi[i]| <= 1e-5 * mag[i] + 1e-6`, where `mag[i]` is
+//! the magnitude of the terms that make output `i`, propagated through the
+//! block in f64 by the oracle: for each conv + BN branch
+//! `|s| * Σ|w·x| + |s * mean| + |beta|` (`s = gamma / sqrt(var + eps)`), for
+//! the skip branch `|s * x| + |s * mean| + |beta|`, summed over branches; with
+//! squeeze-excitation, times the gate `g`, plus `|pre| * g * (1 - g) * Z`,
+//! where `Z` is the same magnitude of the gate's logit (how far rounding in
+//! the pre-activations moves the gate). ReLU only shrinks differences. So an
+//! output that ReLU clips, or a small output next to large ones, is held to
+//! the rounding its own terms allow, not to the largest output's. For a
+//! network, each logit to 1e-5 of the magnitude of its head terms and the
 //! final features to 1e-4 of their largest value (44 blocks of accumulated
-//! f32 rounding; see `check_network`). Both forms
-//! round differently (f32 sums of k + 2 branches vs one f32 sum of f64-folded
-//! weights), so exact equality is never expected.
+//! f32 rounding; see `check_network`). Both forms round differently (f32 sums
+//! of k + 2 branches vs one f32 sum of f64-folded weights), so exact equality
+//! is never expected. Differences are NaN-aware (`common::max_abs_diff`).
 
 mod common;
 
-use common::values;
+use common::{abs_diff, max_abs, max_abs_diff, values};
 use proptest::prelude::*;
 use repconv::mobileone::{
     BatchNorm2d, Block, BlockConfig, ConvBn, MobileOne, MobileOneBlock, MobileOneConfig,
@@ -28,14 +34,6 @@ use repconv_kernels::reference::{RefConv, conv2d_nchw_ref};
 
 // ---------------------------------------------------------------------------
 // Helpers.
-
-fn max_abs(v: &[f32]) -> f32 {
-    v.iter().fold(0f32, |m, x| m.max(x.abs()))
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-}
 
 fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
@@ -74,13 +72,22 @@ fn block_with_random_stats(config: BlockConfig, eps: f32, seed: u64) -> MobileOn
 }
 
 /// The multi-branch block computed independently in f64 with the reference
-/// convolution: `(pre-activation sum before SE, output)`.
+/// convolution: `(output, magnitude)`, the magnitude per element as in the
+/// module docs.
 fn block_oracle(block: &MobileOneBlock, x: &Tensor) -> (Vec<f64>, Vec<f64>) {
     let c = *block.config();
     let [n, cin, h, w] = x.shape();
     let [_, cout, oh, ow] = block.output_shape(x.shape()).unwrap();
     let hw = oh * ow;
     let mut sum = vec![0f64; n * cout * hw];
+    let mut mag = vec![0f64; n * cout * hw];
+    // BN as `(v - mean) * s + beta`: its per-channel s, |s * mean| + |beta|.
+    let bn_terms = |bn: &BatchNorm2d, ch: usize| {
+        let s = f64::from(bn.gamma()[ch])
+            / (f64::from(bn.running_var()[ch]) + f64::from(bn.eps())).sqrt();
+        let mean = f64::from(bn.running_mean()[ch]);
+        (s, mean, f64::from(bn.beta()[ch]))
+    };
     let mut add = |p: repconv::Conv2dParams, br: &ConvBn| {
         let rc = RefConv {
             n,
@@ -95,13 +102,13 @@ fn block_oracle(block: &MobileOneBlock, x: &Tensor) -> (Vec<f64>, Vec<f64>) {
             groups: p.groups,
             relu: false,
         };
-        let (y, _) = conv2d_nchw_ref(&rc, x.as_slice(), br.conv().weights(), None);
-        for (i, (s, v)) in sum.iter_mut().zip(y).enumerate() {
-            let ch = (i / hw) % cout;
-            let bn = br.bn();
-            let sc = f64::from(bn.gamma()[ch])
-                / (f64::from(bn.running_var()[ch]) + f64::from(bn.eps())).sqrt();
-            *s += (f64::from(v) - f64::from(bn.running_mean()[ch])) * sc + f64::from(bn.beta()[ch]);
+        let (y, conv_mag) = conv2d_nchw_ref(&rc, x.as_slice(), br.conv().weights(), None);
+        for (i, ((s_i, m_i), (v, cm))) in
+            sum.iter_mut().zip(mag.iter_mut()).zip(y.into_iter().zip(conv_mag)).enumerate()
+        {
+            let (sc, mean, beta) = bn_terms(br.bn(), (i / hw) % cout);
+            *s_i += (f64::from(v) - mean) * sc + beta;
+            *m_i += sc.abs() * f64::from(cm) + (sc * mean).abs() + beta.abs();
         }
     };
     for br in block.conv_kxk() {
@@ -111,41 +118,116 @@ fn block_oracle(block: &MobileOneBlock, x: &Tensor) -> (Vec<f64>, Vec<f64>) {
         add(c.scale_params(), br);
     }
     if let Some(bn) = block.identity() {
-        for (i, (s, v)) in sum.iter_mut().zip(x.as_slice()).enumerate() {
-            let ch = (i / hw) % cout;
-            let sc = f64::from(bn.gamma()[ch])
-                / (f64::from(bn.running_var()[ch]) + f64::from(bn.eps())).sqrt();
-            *s +=
-                (f64::from(*v) - f64::from(bn.running_mean()[ch])) * sc + f64::from(bn.beta()[ch]);
+        for (i, ((s_i, m_i), v)) in sum.iter_mut().zip(mag.iter_mut()).zip(x.as_slice()).enumerate()
+        {
+            let (sc, mean, beta) = bn_terms(bn, (i / hw) % cout);
+            *s_i += (f64::from(*v) - mean) * sc + beta;
+            *m_i += (sc * f64::from(*v)).abs() + (sc * mean).abs() + beta.abs();
         }
     }
     let mut out = sum.clone();
     if let Some(se) = block.attn() {
         let rd = se.rd_channels();
-        for img in out.chunks_exact_mut(cout * hw) {
+        for ((img, img_mag), img_pre) in out
+            .chunks_exact_mut(cout * hw)
+            .zip(mag.chunks_exact_mut(cout * hw))
+            .zip(sum.chunks_exact(cout * hw))
+        {
             let mean: Vec<f64> =
                 img.chunks_exact(hw).map(|p| p.iter().sum::<f64>() / hw as f64).collect();
-            let hidden: Vec<f64> = (0..rd)
+            let mean_mag: Vec<f64> =
+                img_mag.chunks_exact(hw).map(|p| p.iter().sum::<f64>() / hw as f64).collect();
+            // Each fc layer: value, and magnitude `|b| + Σ |w| * input magnitude`.
+            let (hidden, hidden_mag): (Vec<f64>, Vec<f64>) = (0..rd)
                 .map(|r| {
-                    let z = f64::from(se.fc1_bias()[r])
-                        + (0..cout)
-                            .map(|ci| f64::from(se.fc1_weight()[r * cout + ci]) * mean[ci])
+                    let row = &se.fc1_weight()[r * cout..(r + 1) * cout];
+                    let b = f64::from(se.fc1_bias()[r]);
+                    let z = b + row.iter().zip(&mean).map(|(&w, m)| f64::from(w) * m).sum::<f64>();
+                    let zm = b.abs()
+                        + row
+                            .iter()
+                            .zip(&mean_mag)
+                            .map(|(&w, m)| f64::from(w).abs() * m)
                             .sum::<f64>();
-                    z.max(0.0)
+                    (z.max(0.0), zm)
                 })
-                .collect();
-            for (ch, plane) in img.chunks_exact_mut(hw).enumerate() {
-                let z = f64::from(se.fc2_bias()[ch])
-                    + (0..rd)
-                        .map(|r| f64::from(se.fc2_weight()[ch * rd + r]) * hidden[r])
+                .unzip();
+            for (ch, ((plane, plane_mag), pre)) in img
+                .chunks_exact_mut(hw)
+                .zip(img_mag.chunks_exact_mut(hw))
+                .zip(img_pre.chunks_exact(hw))
+                .enumerate()
+            {
+                let row = &se.fc2_weight()[ch * rd..(ch + 1) * rd];
+                let b = f64::from(se.fc2_bias()[ch]);
+                let z = b + row.iter().zip(&hidden).map(|(&w, h)| f64::from(w) * h).sum::<f64>();
+                let zm = b.abs()
+                    + row
+                        .iter()
+                        .zip(&hidden_mag)
+                        .map(|(&w, h)| f64::from(w).abs() * h)
                         .sum::<f64>();
                 let g = 1.0 / (1.0 + (-z).exp());
                 plane.iter_mut().for_each(|v| *v *= g);
+                for (m, p) in plane_mag.iter_mut().zip(pre) {
+                    *m = *m * g + p.abs() * g * (1.0 - g) * zm;
+                }
             }
         }
     }
     out.iter_mut().for_each(|v| *v = v.max(0.0));
-    (sum, out)
+    (out, mag)
+}
+
+/// Per element `|got - want| <= 1e-5 * mag + 1e-6` (NaN-aware); the worst
+/// excess as a message on failure.
+fn within_magnitude(got: &[f32], want: &[f32], mag: &[f64]) -> Result<(), String> {
+    if got.len() != want.len() || got.len() != mag.len() {
+        return Err(format!("lengths {} / {} / {}", got.len(), want.len(), mag.len()));
+    }
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, ((&a, &b), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let (d, tol) = (abs_diff(a, b), 1e-5 * m + 1e-6);
+        // A NaN tolerance (a NaN magnitude) fails too.
+        let fails = d > tol || tol.is_nan();
+        if fails && worst.is_none_or(|(_, r)| d / tol > r) {
+            worst = Some((i, d / tol));
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, r)) => Err(format!(
+            "[{i}] {} vs {}: |diff| {:e} is {r:.1}x the tolerance 1e-5 * {:e} + 1e-6",
+            got[i],
+            want[i],
+            abs_diff(got[i], want[i]),
+            mag[i]
+        )),
+    }
+}
+
+#[test]
+fn max_abs_diff_sees_nan_where_a_max_fold_does_not() {
+    // The fold these tests used before: f32::max drops NaN.
+    let old = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let nan_out = [f32::NAN, 1.0, f32::NAN];
+    let good = [0.5, 1.0, 2.0];
+    assert_eq!(old(&nan_out, &good), 0.0, "the old fold calls an all-but-one-NaN output equal");
+    assert_eq!(max_abs_diff(&nan_out, &good), f64::INFINITY);
+    assert_eq!(max_abs_diff(&good, &nan_out), f64::INFINITY);
+    // NaN on both sides at the same index is agreement; elsewhere it is not.
+    assert_eq!(max_abs_diff(&[f32::NAN, 1.0], &[f32::NAN, 1.25]), 0.25);
+    assert_eq!(max_abs_diff(&[f32::NAN, 1.0], &[1.0, f32::NAN]), f64::INFINITY);
+    // Infinities: equal ones agree, different ones (or one vs finite) do not.
+    assert_eq!(max_abs_diff(&[f32::INFINITY], &[f32::INFINITY]), 0.0);
+    assert_eq!(max_abs_diff(&[f32::INFINITY], &[f32::NEG_INFINITY]), f64::INFINITY);
+    assert_eq!(max_abs_diff(&[f32::MAX], &[f32::INFINITY]), f64::INFINITY);
+    // Different lengths never agree; the old zip compared the common prefix.
+    assert_eq!(old(&[1.0], &[1.0, 5.0]), 0.0);
+    assert_eq!(max_abs_diff(&[1.0], &[1.0, 5.0]), f64::INFINITY);
+    // Plain values, in f64 (no f32 rounding of the difference).
+    assert_eq!(max_abs_diff(&[1.0, -2.0], &[1.5, -2.0]), 0.5);
+    assert!(max_abs(&[1.0, f32::NAN]).is_nan() && max_abs(&[-3.0, 2.0]) == 3.0);
 }
 
 // ---------------------------------------------------------------------------
@@ -213,24 +295,32 @@ fn check_block(case: &BlockCase) -> Result<(), TestCaseError> {
     let one = fused.forward(&x).unwrap();
     prop_assert_eq!(multi.shape(), one.shape());
 
-    // The pre-activation scale from the oracle (see the module comment).
-    let (pre, oracle) = block_oracle(&block, &x);
-    let pre_scale = pre.iter().fold(0f64, |m, v| m.max(v.abs())) as f32;
-    let scale = max_abs(multi.as_slice()).max(pre_scale);
-    let tol = 1e-5 * scale + 1e-6;
-
-    let d = max_diff(multi.as_slice(), one.as_slice());
-    prop_assert!(d <= tol, "fused vs multi: max diff {d} > tol {tol} (scale {scale}) for {case:?}");
-
+    // Per element, at the magnitude of its own terms (see the module docs).
+    let (oracle, mag) = block_oracle(&block, &x);
+    if let Err(e) = within_magnitude(multi.as_slice(), one.as_slice(), &mag) {
+        return Err(TestCaseError::fail(format!("fused vs multi: {e} for {case:?}")));
+    }
     let oracle: Vec<f32> = oracle.iter().map(|&v| v as f32).collect();
-    let d = max_diff(multi.as_slice(), &oracle);
-    prop_assert!(d <= tol, "multi vs f64 oracle: max diff {d} > tol {tol} for {case:?}");
+    if let Err(e) = within_magnitude(multi.as_slice(), &oracle, &mag) {
+        return Err(TestCaseError::fail(format!("multi vs f64 oracle: {e} for {case:?}")));
+    }
 
     // Structure carried over exactly.
     let p = fused.reparam_conv().params();
     prop_assert_eq!(*p, config.conv_params());
     prop_assert_eq!(p.padding, [case.kernel / 2; 2]);
     Ok(())
+}
+
+#[test]
+fn per_element_tolerance_catches_what_a_global_scale_hides() {
+    // A 1% error on an output of 0.01 next to an output of 1000.
+    let (want, got, mag) = ([1000.0, 0.01], [1000.0, 0.0101], [1000.0, 0.01]);
+    // The old rule: 1e-5 of the largest output for every element.
+    let global_tol = 1e-5 * max_abs(&want) + 1e-6;
+    assert!(max_abs_diff(&got, &want) <= global_tol, "the old rule passes it");
+    assert!(within_magnitude(&got, &want, &mag).is_err(), "the per-element rule must not");
+    assert!(within_magnitude(&want, &want, &mag).is_ok());
 }
 
 proptest! {
@@ -294,16 +384,16 @@ fn check_network(variant: Variant, size: usize, batch: usize, seed: u64) {
     // for S4 at 64x64), so the per-block 1e-5 cannot hold end to end in f32.
     let fa = multi.forward_features(&x).unwrap();
     let fb = fused.forward_features(&x).unwrap();
-    let d = max_diff(fa.as_slice(), fb.as_slice());
+    let d = max_abs_diff(fa.as_slice(), fb.as_slice());
     let tol = 1e-4 * max_abs(fa.as_slice()) + 1e-6;
     assert!(d <= tol, "{variant} {size}x{size} batch {batch}: features max diff {d} > {tol}");
     // Logits: each within 1e-5 of the magnitude of its terms
-    // (|bias| + sum |w * pooled feature|, the rule of CONVENTIONS.md's
-    // assert_close) + 1e-6: the head is a 1000 x C dot product, so its
+    // (|bias| + sum |w * pooled feature|, as `common::check_close` does for
+    // convolutions) + 1e-6: the head is a 1000 x C dot product, so its
     // rounding scales with its terms, not with the (cancelled) sum.
     let [_, c, h, w] = fa.shape();
     let head = multi.head_fc();
-    let mut worst = 0f32;
+    let mut worst = 0f64;
     for (img, (la, lb)) in a.as_slice().chunks(1000).zip(b.as_slice().chunks(1000)).enumerate() {
         let pooled: Vec<f32> = fa.as_slice()[img * c * h * w..(img + 1) * c * h * w]
             .chunks(h * w)
@@ -316,7 +406,8 @@ fn check_network(variant: Variant, size: usize, batch: usize, seed: u64) {
                     .zip(&pooled)
                     .map(|(w, f)| (w * f).abs())
                     .sum::<f32>();
-            let d = (la[o] - lb[o]).abs();
+            let d = abs_diff(la[o], lb[o]);
+            let terms = f64::from(terms);
             assert!(
                 d <= 1e-5 * terms + 1e-6,
                 "{variant} logit {o}: diff {d} > 1e-5 * {terms} + 1e-6"
@@ -333,7 +424,7 @@ fn check_network(variant: Variant, size: usize, batch: usize, seed: u64) {
     if batch == 2 {
         // The network must actually depend on its input.
         let (l0, l1) = a.as_slice().split_at(1000);
-        let spread = max_diff(l0, l1) / max_abs(a.as_slice());
+        let spread = max_abs_diff(l0, l1) / max_abs(a.as_slice());
         eprintln!("  image 0 vs 1: relative logit difference {spread:e}");
         assert!(spread > 1e-3, "logits barely depend on the input: {spread:e}");
     }
@@ -383,12 +474,13 @@ fn network_configs_match_timm() {
             }
         }
     }
-    // S0 fused FLOPs: 548.2 MFLOP of convolutions (SHAPES.md) plus the head.
+    // S0 fused FLOPs: 548.2 MFLOP of convolutions (the sum of the S0 rows of
+    // `repconv::shapes`) plus the head.
     let s0 =
         MobileOne::random(MobileOneConfig::variant(Variant::S0).with_num_classes(10), 1).unwrap();
     let fused = s0.reparameterize().unwrap();
     let conv = fused.flops([1, 3, 224, 224]).unwrap() - 2 * 1024 * 10;
-    assert_eq!(conv, 2 * 274_086_400, "S0 fused MACs at 224 (SHAPES.md: 274.1 MMAC)");
+    assert_eq!(conv, 2 * 274_086_400, "S0 fused MACs at 224 (274.1 MMAC)");
     let names: Vec<String> = fused.blocks().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names[0], "stem");
     assert_eq!(names[1], "stages.0.0");

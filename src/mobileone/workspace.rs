@@ -20,15 +20,6 @@ impl Workspace {
     pub fn new() -> Self {
         Workspace::default()
     }
-
-    /// Total floats currently held (for tests and diagnostics).
-    pub fn capacity(&self) -> usize {
-        self.act.iter().map(Buf::len).sum::<usize>()
-            + self.scratch.tmp.len()
-            + self.scratch.means.len()
-            + self.scratch.hidden.len()
-            + self.pooled.len()
-    }
 }
 
 /// The scratch one block needs: a branch output buffer and SE vectors.
