@@ -54,6 +54,14 @@ fn convolutions_allocate_nothing() {
             } else {
                 conv.clone().with_parallelism(Parallelism::Serial)
             };
+            // Every worker sizes its thread-local scratch for this layer: a
+            // serial pass on each of them (which work stealing alone does not
+            // guarantee within a few warm-up runs on a busy machine).
+            let serial = conv.clone().with_parallelism(Parallelism::Serial);
+            pool.broadcast(|_| {
+                let mut own = Tensor::zeros(y.shape()).unwrap();
+                serial.forward_into(x.view(), own.view_mut()).unwrap();
+            });
             pool.install(|| {
                 for _ in 0..4 {
                     conv.forward_into(x.view(), y.view_mut()).unwrap();
@@ -88,6 +96,12 @@ fn networks_allocate_nothing() {
     let mut logits = Tensor::zeros([2, 10, 1, 1]).unwrap();
     for (form, model) in [("multi-branch", &net), ("fused", &fused)] {
         let mut ws = Workspace::new();
+        // Each worker runs the network once as the caller, so the layers'
+        // thread-local scratch is sized on both threads before the count.
+        pool.broadcast(|_| {
+            let mut own = Tensor::zeros(logits.shape()).unwrap();
+            model.forward_into(x.view(), own.view_mut(), &mut Workspace::new()).unwrap();
+        });
         pool.install(|| {
             for _ in 0..3 {
                 model.forward_into(x.view(), logits.view_mut(), &mut ws).unwrap();
