@@ -4,15 +4,16 @@
 //!
 //! # Banded im2col + GEMM (reduction `k = cin/groups * kh * kw <= 65536`)
 //! The output positions of one group (flat `oy * ow + ox`) are cut into bands
-//! of at most `limit / k` positions — a whole multiple of the GEMM tile width
-//! when that is at least one tile, and all of them when the whole `k x npix`
-//! matrix fits — where `limit` is [`Conv2d::with_scratch_limit`] (4 MiB by
-//! default). Each band's receptive fields are laid out as a `k x cols` matrix
-//! in the thread's im2col buffer, and the GEMM writes the band's columns of
-//! the output rows (row stride `npix`) directly. So the im2col buffer holds at
-//! most `max(limit, k)` floats per thread, whatever the input, padding or
-//! dilation, and the GEMM's tail panel at most `k * NR` floats (12 MiB at
-//! `k = 65536`).
+//! of at most `limit / k` positions, where `limit` is
+//! [`Conv2d::with_scratch_limit`] (4 MiB by default): all of them when the
+//! whole `k x npix` matrix fits (today's layers), else whole output rows, else
+//! (rows wider than the limit) whole GEMM tiles of columns, or fewer columns
+//! when not even one tile fits. Each band's receptive fields are laid out as a
+//! `k x cols` matrix in the thread's im2col buffer, and the GEMM writes the
+//! band's columns of the output rows (row stride `npix`) directly. So the
+//! im2col buffer holds at most `max(limit, k)` floats per thread, whatever the
+//! input, padding or dilation, and the GEMM's tail panel at most `k * NR`
+//! floats (12 MiB at `k = 65536`).
 //!
 //! # Direct taps (`k > 65536`, or one output position's `k` floats above the limit)
 //! Each output row is computed on its own: bias, then for every kernel tap
