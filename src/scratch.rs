@@ -9,7 +9,7 @@
 //! served by a temporary buffer that is freed when the call returns, so no
 //! thread holds on to the memory of the largest layer it ever ran: a thread
 //! retains at most `3 * RETAIN_BYTES` of scratch. The general path never asks
-//! for more than its band limit (4 MiB by default) of im2col plus a GEMM panel
+//! for more than its band limit (8 MiB by default) of im2col plus a GEMM panel
 //! of at most 12 MiB, so it is always served from the retained buffers; only
 //! the direct 3x3 kernel's padded copy of a large input (over 16 MiB) is
 //! allocated and freed on every call.

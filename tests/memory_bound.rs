@@ -6,7 +6,7 @@
 //! beforehand) peak at no more than
 //! `64 MiB × threads + 32 × input bytes`,
 //! where `threads` is the size of the rayon pool running it. The 64 MiB per
-//! thread covers the general path's im2col band (4 MiB by default) and the
+//! thread covers the general path's im2col band (8 MiB by default) and the
 //! GEMM's tail panel (at most 12 MiB); the input term covers the direct 3x3
 //! kernels, which copy the input into a padded, phase-split layout with a tap
 //! table (about 27x the input for 1x1 planes, about 1x for large ones), and is

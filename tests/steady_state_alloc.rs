@@ -40,7 +40,7 @@ fn convolutions_allocate_nothing() {
             [1, 6, 16, 16],
         ),
         (Conv2dParams::new(16, 16, [3, 3]), [1, 16, 12, 12]),
-        // The general path in three bands (800 x 3136 im2col > 4 MiB).
+        // The general path in two bands (800 x 3136 floats of im2col > 8 MiB).
         (Conv2dParams::new(32, 32, [5, 5]).with_padding([2, 2]), [1, 32, 56, 56]),
         // A reduction too long for the GEMM: the direct tap loop.
         (Conv2dParams::new(70_000, 2, [1, 1]), [1, 70_000, 1, 2]),

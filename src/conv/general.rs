@@ -5,7 +5,7 @@
 //! # Banded im2col + GEMM (reduction `k = cin/groups * kh * kw <= 65536`)
 //! The output positions of one group (flat `oy * ow + ox`) are cut into bands
 //! of at most `limit / k` positions, where `limit` is
-//! [`Conv2d::with_scratch_limit`] (4 MiB by default): all of them when the
+//! [`Conv2d::with_scratch_limit`] (8 MiB by default): all of them when the
 //! whole `k x npix` matrix fits (today's layers), else whole output rows, else
 //! (rows wider than the limit) whole GEMM tiles of columns, or fewer columns
 //! when not even one tile fits. Each band's receptive fields are laid out as a
@@ -43,8 +43,9 @@ use crate::tensor::{TensorView, TensorViewMut};
 /// (12 MiB here at `NR = 48`). Longer ones run the direct tap loop.
 pub(super) const GEMM_MAX_K: usize = 1 << 16;
 
-/// The default im2col band limit of the general path, in bytes (4 MiB).
-pub(super) const DEFAULT_SCRATCH_LIMIT_BYTES: usize = 4 << 20;
+/// The default im2col band limit of the general path, in bytes (8 MiB: every
+/// MobileOne and benchmark layer shape fits in one band, so runs as before).
+pub(super) const DEFAULT_SCRATCH_LIMIT_BYTES: usize = 8 << 20;
 
 /// What [`Conv2d::kernel_name`] reports when the direct tap loop runs.
 pub(super) const TAPS_NAME: &str = "general_taps";

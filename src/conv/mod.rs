@@ -5,7 +5,7 @@
 //! Every geometry [`Conv2d::new`] accepts runs, in scratch memory that does
 //! not grow with the layer on the 1x1 and general paths: the general path
 //! works in bands of output positions whose im2col matrix holds at most
-//! [`Conv2d::with_scratch_limit`] bytes (4 MiB by default) per thread, and
+//! [`Conv2d::with_scratch_limit`] bytes (8 MiB by default) per thread, and
 //! reductions too long for that (or for the GEMM) run a direct loop over the
 //! in-bounds kernel taps with no scratch. The direct 3x3 and depthwise 3x3
 //! kernels copy one image's input (respectively one plane) into a padded
@@ -154,7 +154,7 @@ impl Conv2d {
     }
 
     /// Sets the most memory, in bytes, that the general path's im2col matrix
-    /// may take per thread (default 4 MiB); it then works in bands of output
+    /// may take per thread (default 8 MiB); it then works in bands of output
     /// positions that fit. When one output position's receptive field
     /// (`in_channels / groups * kernel_h * kernel_w` floats) alone is larger,
     /// the general path runs a direct loop over the kernel taps instead, which
