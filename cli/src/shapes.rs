@@ -1,7 +1,7 @@
 //! The convolution layer shapes that matter: every distinct conv of the fused
-//! MobileOne-S0 and -S1 networks at 224x224, batch 1 (from the layer tables in
-//! the project's SHAPES.md, derived from Apple's MobileOne configuration as
-//! implemented in timm's `byobnet.py`), plus generic dense 3x3 shapes
+//! MobileOne-S0 and -S1 networks at 224x224, batch 1 (derived from Apple's
+//! MobileOne configuration as implemented in timm's `byobnet.py`; the counts
+//! and FLOPs match `MobileOne::flops`), plus generic dense 3x3 shapes
 //! (RepVGG-style) and depthwise extremes.
 
 use repconv::conv::Conv2dParams;
@@ -76,7 +76,7 @@ const fn l(
     LayerShape { name, cin, cout, hw, k, stride, groups, count }
 }
 
-/// MobileOne-S0 fused convolutions (SHAPES.md, 274.1 MMAC in total).
+/// MobileOne-S0 fused convolutions (274.1 MMAC in total).
 pub const S0_LAYERS: &[LayerShape] = &[
     l("s0.stem.3x48@224/2", 3, 48, 224, 3, 2, 1, 1),
     l("s0.dw.48@112/2", 48, 48, 112, 3, 2, 48, 1),
@@ -94,7 +94,7 @@ pub const S0_LAYERS: &[LayerShape] = &[
     l("s0.pw.256x1024@7", 256, 1024, 7, 1, 1, 1, 1),
 ];
 
-/// MobileOne-S1 fused convolutions (SHAPES.md, 823.8 MMAC in total).
+/// MobileOne-S1 fused convolutions (823.8 MMAC in total).
 pub const S1_LAYERS: &[LayerShape] = &[
     l("s1.stem.3x64@224/2", 3, 64, 224, 3, 2, 1, 1),
     l("s1.dw.64@112/2", 64, 64, 112, 3, 2, 64, 1),

@@ -10,7 +10,7 @@ use repconv_kernels::dwconv3x3::{
 use repconv_kernels::{Activation, Isa, Op, kernel_info};
 use std::hint::black_box;
 
-/// `(channels, h = w, stride)`: MobileOne S0/S1 depthwise layers (SHAPES.md)
+/// `(channels, h = w, stride)`: MobileOne S0/S1 depthwise layers (the layer tables of `repconv_cli::shapes`)
 /// plus the largest and smallest stride-1 planes.
 const SHAPES: &[(usize, usize, usize)] = &[
     (48, 112, 1),
