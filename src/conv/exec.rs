@@ -100,7 +100,7 @@ pub(super) fn run(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_
 }
 
 /// The kernels' name for an activation.
-pub(super) fn kernel_act(a: Activation) -> Act {
+fn kernel_act(a: Activation) -> Act {
     match a {
         Activation::None => Act::Identity,
         Activation::Relu => Act::Relu,
