@@ -12,7 +12,9 @@
 //! once per channel.
 //!
 //! # Drivers
-//! Two paths, chosen per `(w, stride)` by `uses_flat` from measurements:
+//! Stride 2 has one path, in place ([`dw3x3_s2`]'s module docs: two loads
+//! and three lane permutes per input row and output vector, no copy).
+//! Stride 1 has two, chosen per width by `uses_flat` from measurements:
 //!
 //! **Row bands** (stride 1, `w > LANES/2`; kernel `dw3x3_s1p1_band`):
 //! vectorised along W, bands of `R` output rows per step, so each loaded input
@@ -33,20 +35,17 @@
 //! last one or few) run the same kernels on a copy in the scratch buffer, and
 //! only their valid outputs are copied back.
 //!
-//! **Flat** (stride 2, and stride 1 with `w <= LANES/2`; kernel
-//! `dw3x3_flat`): each plane is prepared in scratch so every tap is one
+//! **Flat** (stride 1 with `w <= LANES/2`; kernel `dw3x3_flat`): each plane
+//! is copied below a zero row in scratch (`S1Layout`) so every tap is one
 //! contiguous load at a constant offset from the flat output index
 //! `q = oy*ow + ox`, then `U` vectors of consecutive flat outputs per step are
 //! computed straight into the output (no padding columns, so a 7x7 plane is 4
-//! vectors). Stride 1 copies the plane below a zero row (`S1Layout`);
-//! stride 2 de-interleaves it with two-vector lane shuffles (`vpermt2ps`) into
-//! four phase planes of row stride `ow` (`S2Layout`), two rows of a phase per
-//! shuffle when `2*ow <= LANES`. The buffers are zeroed once per call; the
-//! next plane is prepared into a second buffer while the current one is
-//! computed. The last vector of a plane spills into the next plane (written
-//! later) or, at the end of `output`, goes through a stack tile.
+//! vectors). The buffers are zeroed once per call; the next plane is copied
+//! into a second buffer while the current one is computed. The last vector of
+//! a plane spills into the next plane (written later) or, at the end of
+//! `output`, goes through a stack tile.
 //!
-//! Neither path touches memory outside `input[..channels*h*w]` and
+//! No path touches memory outside `input[..channels*h*w]` and
 //! `output[..channels*oh*ow]`.
 //!
 //! NaN: a NaN input reaches exactly the outputs whose taps include it (padding
@@ -57,6 +56,7 @@
 
 mod dw3x3_flat;
 mod dw3x3_s1p1;
+mod dw3x3_s2;
 
 use dw3x3_flat::dw3x3_flat;
 use dw3x3_s1p1::{EDGE_LEFT, EDGE_RIGHT, dw3x3_s1p1_band};
@@ -117,19 +117,19 @@ fn scratch_len_of<V: Vector>(h: usize, w: usize, stride: usize) -> usize {
         1 => {
             (s1_in_region::<V>(h, w) + out_region::<V>(oh, ow)).max(flat_scratch_len::<V>(h, w, 1))
         }
-        2 => flat_scratch_len::<V>(h, w, 2),
+        // The stride-2 kernel reads the input in place.
+        2 => 0,
         _ => panic!("stride must be 1 or 2"),
     }
 }
 
-/// Whether the flat kernel ([`dw3x3_flat`]) runs planes of width `w` at
-/// `stride`: always at stride 2, and at stride 1 for planes of at most half a
-/// vector. Measured on Zen 5 (AVX-512, 1 thread, GFLOP/s, row vs flat):
+/// Whether the flat kernel ([`dw3x3_flat`]) runs stride-1 planes of width
+/// `w`: planes of at most half a vector. Measured on Zen 5 (AVX-512, 1 thread, GFLOP/s, row vs flat):
 /// w = 7: 19 vs 25-31; w = 14: 48-66 vs 35; w = 28: 60 vs 45; w = 112: 63 vs
 /// 35 — the row kernel shares each loaded input row among 3 output rows
 /// (3.75 loads per output vector), the flat one needs 9 + 2 mask loads.
-fn uses_flat<V: Vector>(w: usize, stride: usize) -> bool {
-    stride == 2 || w <= V::LANES / 2
+fn uses_flat<V: Vector>(w: usize) -> bool {
+    w <= V::LANES / 2
 }
 
 /// Greatest common divisor.
@@ -191,132 +191,10 @@ impl S1Layout {
     }
 }
 
-/// Stride-2 prepared plane: four phase planes with row stride `ow`, each in a
-/// region of `region` floats whose rows start at `LANES`:
-/// `A[i][j] = in[2i-1][2j]`, `B[i][j] = in[2i-1][2j+1]` (rows `0..=oh`, row 0
-/// zero), `C[i][j] = in[2i][2j]`, `D[i][j] = in[2i][2j+1]` (rows `0..oh`);
-/// taps past the input are zero.
-#[derive(Clone, Copy)]
-struct S2Layout {
-    region: usize,
-    lanes: usize,
-}
-
-impl S2Layout {
-    fn new<V: Vector>(oh: usize, ow: usize) -> Self {
-        S2Layout { region: V::LANES + (oh + 1) * ow + 2 * V::LANES, lanes: V::LANES }
-    }
-    /// Floats of one buffer, padded to an odd multiple of half a 4 KiB page, so the
-    /// loads from one buffer never 4K-alias the stores into the other one.
-    fn len(&self) -> usize {
-        odd_half_pages(4 * self.region)
-    }
-    /// Start of phase plane `p` (0 = A .. 3 = D) inside the buffer.
-    fn base(&self, p: usize) -> usize {
-        p * self.region + self.lanes
-    }
-    /// Offset of tap `(ky, kx)` from the flat output position `q = oy*ow + ox`:
-    /// ky = 0 / 2 read odd input rows (A, B at row oy / oy+1), ky = 1 even rows
-    /// (C, D at row oy); kx = 0 reads the odd column left of ox (B / D at
-    /// ox-1, masked at ox = 0), kx = 1 the even column, kx = 2 the odd one.
-    fn offsets(&self, ow: usize) -> [usize; 9] {
-        let (a, b, c, d) = (self.base(0), self.base(1), self.base(2), self.base(3));
-        [b - 1, a, b, d - 1, c, d, b + ow - 1, a + ow, b + ow]
-    }
-}
-
-/// Floats of scratch the flat drivers need.
+/// Floats of scratch the stride-1 flat driver needs.
 fn flat_scratch_len<V: Vector>(h: usize, w: usize, stride: usize) -> usize {
-    if stride == 1 {
-        2 * mask_entries::<V>(w) * V::LANES + 2 * S1Layout::new::<V>(h, w).len
-    } else {
-        let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
-        mask_entries::<V>(ow) * V::LANES + 2 * S2Layout::new::<V>(oh, ow).len()
-    }
-}
-
-/// Index vectors that pick the even (`par = 0`) or odd (`par = 1`) columns
-/// of two rows: lanes `j < n` take `2j + par` of the first vector, lanes
-/// `n <= j < 2n` take `2(j-n) + par` of the second (index `LANES + ..`), and
-/// further lanes continue the second row. With `n = LANES / 2` this is a plain
-/// de-interleave of `2*LANES` consecutive floats.
-#[inline(always)]
-fn pick_index<V: Vector>(n: usize, par: usize) -> V::Index {
-    V::index(|j| {
-        let i = if j < n { 2 * j + par } else { V::LANES + 2 * (j - n) + par };
-        (i % (2 * V::LANES)) as u32
-    })
-}
-
-/// Loads `LANES` floats at `s[i..]`, zero past the end of `s`.
-#[inline(always)]
-fn load_or_partial<V: Vector>(s: &[f32], i: usize) -> V {
-    if i + V::LANES <= s.len() { V::load(s, i) } else { V::load_partial(s, i.min(s.len())) }
-}
-
-/// De-interleaves input plane `x` (`h x w`, possibly followed by more input,
-/// which may be read but never matters) into the stride-2 phase planes of
-/// `buf` (see [`S2Layout`]). Rows are stored as whole vectors that spill into
-/// the next row of the same phase plane (written later) or the region's
-/// slack; the padding zeros that a spill or a short row could overwrite are
-/// rewritten at the end. Row 0 of A and B is never written.
-#[inline(always)]
-fn s2_prepare<V: Vector>(
-    x: &[f32],
-    h: usize,
-    w: usize,
-    lay: &S2Layout,
-    buf: &mut [f32],
-    idx: &[V::Index; 2],
-) {
-    let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
-    // Destination (even-column plane, odd-column plane, row) of input row iy.
-    let dest = |iy: usize| {
-        if iy.is_multiple_of(2) {
-            (lay.base(2), lay.base(3), iy / 2)
-        } else {
-            (lay.base(0), lay.base(1), iy.div_ceil(2))
-        }
-    };
-    if 2 * ow <= V::LANES {
-        // Row pairs (iy, iy+2) of one parity fill one vector per phase plane:
-        // their destination rows are consecutive.
-        for par in 0..2 {
-            let mut iy = par;
-            while iy < h {
-                let a: V = load_or_partial(x, iy * w);
-                let b = if iy + 2 < h { load_or_partial(x, (iy + 2) * w) } else { V::zero() };
-                let (e, o, row) = dest(iy);
-                V::pick2(a, b, idx[0]).store(buf, e + row * ow);
-                V::pick2(a, b, idx[1]).store(buf, o + row * ow);
-                iy += 4;
-            }
-        }
-    } else {
-        let chunks = ow.div_ceil(V::LANES);
-        for iy in 0..h {
-            let (e, o, row) = dest(iy);
-            for kc in 0..chunks {
-                let s = iy * w + 2 * V::LANES * kc;
-                let (a, b): (V, V) = (load_or_partial(x, s), load_or_partial(x, s + V::LANES));
-                V::pick2(a, b, idx[0]).store(buf, e + row * ow + V::LANES * kc);
-                V::pick2(a, b, idx[1]).store(buf, o + row * ow + V::LANES * kc);
-            }
-        }
-    }
-    if !h.is_multiple_of(2) {
-        // Input row h (below the plane) is padding: rows oh of A and B.
-        for p in 0..2 {
-            buf[lay.base(p) + oh * ow..lay.base(p) + (oh + 1) * ow].fill(0.0);
-        }
-    }
-    if !w.is_multiple_of(2) {
-        // Input column w (right of the plane) is padding: column ow-1 of B, D.
-        for i in 0..=oh {
-            buf[lay.base(1) + i * ow + ow - 1] = 0.0;
-            buf[lay.base(3) + i * ow + ow - 1] = 0.0;
-        }
-    }
+    debug_assert_eq!(stride, 1);
+    2 * mask_entries::<V>(w) * V::LANES + 2 * S1Layout::new::<V>(h, w).len
 }
 
 /// Runs the flat kernel over one prepared plane: vectors `0..nvec` of flat
@@ -398,45 +276,6 @@ fn flat_s1<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
         }
         let k = splat_weights::<V>(&packed[c * PACKED_PER_CHANNEL..]);
         flat_plane::<V, true, A>(&k, cur, &offs, ml, mr, period, nvec, output, c * hw);
-    }
-}
-
-/// The stride-2 flat driver: each plane is de-interleaved into four phase
-/// planes (double-buffered like [`flat_s1`]), then run through the flat kernel.
-#[inline(always)]
-fn flat_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
-    let Dw3x3Args { channels, h, w, packed, input, output } = args;
-    let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
-    let (hw, ohw) = (h * w, oh * ow);
-    let input = &input[..channels * hw];
-    let output = &mut output[..channels * ohw];
-    let lay = S2Layout::new::<V>(oh, ow);
-    let me = mask_entries::<V>(ow) * V::LANES;
-    let (ml, rest) = scratch.split_at_mut(me);
-    fill_masks(ow, ml, &mut []);
-    let bufs = &mut rest[..2 * lay.len()];
-    bufs.fill(0.0);
-    let (b0, b1) = bufs.split_at_mut(lay.len());
-    let mut bufs = [b0, b1];
-    let offs = lay.offsets(ow);
-    let nvec = ohw.div_ceil(V::LANES);
-    let period = mask_period::<V>(ow);
-    let n = if 2 * ow <= V::LANES { ow } else { V::LANES / 2 };
-    let idx = [pick_index::<V>(n, 0), pick_index::<V>(n, 1)];
-    // LOOP 1: step c prepares plane c and computes plane c - 1, in order
-    // (spilling stores rely on it). One call site each: these bodies are
-    // inlined, and two copies of them cost instruction-cache space.
-    for c in 0..=channels {
-        let [b0, b1] = &mut bufs;
-        let (next, cur) = if c % 2 == 0 { (b0, b1) } else { (b1, b0) };
-        if c < channels {
-            s2_prepare::<V>(&input[c * hw..], h, w, &lay, next, &idx);
-        }
-        if c >= 1 {
-            let k = splat_weights::<V>(&packed[(c - 1) * PACKED_PER_CHANNEL..]);
-            let o0 = (c - 1) * ohw;
-            flat_plane::<V, false, A>(&k, cur, &offs, ml, &[], period, nvec, output, o0);
-        }
     }
 }
 
@@ -529,7 +368,7 @@ pub fn dw3x3_s1p1(isa: Isa, act: Activation, args: Dw3x3Args<'_>, scratch: &mut 
 }
 
 /// Depthwise 3x3, stride 2, padding 1, with `isa`'s kernel
-/// (`dw3x3_s2p1_4x<LANES>__<isa>`): computes `output[..channels*oh*ow]`,
+/// (`dw3x3_s2p1_1x<LANES>__<isa>`): computes `output[..channels*oh*ow]`,
 /// `oh = (h+1)/2`, `ow = (w+1)/2`, from `input[..channels*h*w]` (see the
 /// module docs for the formula).
 ///
@@ -561,7 +400,7 @@ fn run_dw(isa: Isa, act: Activation, stride: usize, args: Dw3x3Args<'_>, scratch
         #[inline(always)]
         fn run<V: Vector>(self) {
             check_args::<V>(&self.0, 2, self.1);
-            flat_s2::<V, A>(self.0, self.1)
+            dw3x3_s2::dw3x3_s2::<V, A>(self.0)
         }
     }
     fn go<A: Act>(isa: Isa, stride: usize, args: Dw3x3Args<'_>, scratch: &mut [f32]) {
@@ -578,7 +417,7 @@ fn run_dw(isa: Isa, act: Activation, stride: usize, args: Dw3x3Args<'_>, scratch
 #[inline(always)]
 fn s1_body<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let (oh, ow) = check_args::<V>(&args, 1, scratch);
-    if uses_flat::<V>(args.w, 1) {
+    if uses_flat::<V>(args.w) {
         return flat_s1::<V, A>(args, scratch);
     }
     let Dw3x3Args { channels, h, w, packed, input, output } = args;
