@@ -32,6 +32,7 @@
 pub mod conv;
 pub mod error;
 pub mod mobileone;
+mod parallel;
 mod scratch;
 pub mod tensor;
 #[cfg(feature = "safetensors")]

@@ -16,6 +16,7 @@ macro_rules! outln {
     }};
 }
 
+pub mod batch;
 pub mod compare;
 pub mod info;
 pub mod layers;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Time every MobileOne-S0/S1 layer shape (and generic shapes) through
     /// `Conv2d` with bias + ReLU and report GFLOP/s and % of the in-process peak.
     Layers(layers::LayersArgs),
+    /// Fused-network throughput (images/s) for batch sizes, thread counts and
+    /// batch schedules, against the in-process FMA peak.
+    Batch(batch::BatchArgs),
     /// Block latency against the branch count k, multi-branch vs fused,
     /// plotted to an SVG (e.g. `--out docs/branches.svg`).
     SweepBranches(sweep::SweepArgs),
@@ -63,6 +67,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Some(Command::Layers(args)) => layers::run(&args),
+        Some(Command::Batch(args)) => batch::run(&args),
         Some(Command::SweepBranches(args)) => sweep::run(&args),
         Some(Command::Reparam(args)) => reparam::run(&args),
         Some(Command::Run(args)) => run::run(&args),

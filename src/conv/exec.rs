@@ -90,7 +90,7 @@ pub(super) fn run(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_
     };
     let parallel = conv.parallelism == Parallelism::Rayon
         && work >= conv.parallel_min_flops
-        && rayon::current_num_threads() > 1;
+        && crate::parallel::may_fork();
     match conv.plan.family() {
         Family::Conv1x1 | Family::General => general::run(conv, act, input, output, parallel),
         Family::Conv3x3 => run_conv3x3(conv, act, input, output, parallel),

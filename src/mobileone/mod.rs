@@ -50,7 +50,7 @@ mod workspace;
 
 pub use batchnorm::BatchNorm2d;
 pub use block::{Block, BlockConfig, ConvBn, MobileOneBlock, ReparamBlock};
-pub use network::{Linear, MobileOne, MobileOneConfig, Variant};
+pub use network::{BatchSplit, Linear, MobileOne, MobileOneConfig, Variant};
 pub use reparam::{fold_conv_bn, identity_kernel};
 pub use rng::SplitMix64;
 pub use se::{SqueezeExcite, se_channels};

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorView, TensorViewMut};
 use repconv_kernels::Isa;
@@ -311,6 +313,26 @@ pub struct MobileOne {
     stem: Block,
     stages: Vec<Vec<Block>>,
     head_fc: Linear,
+    batch_split: BatchSplit,
+}
+
+/// How [`MobileOne::forward_into`] spreads a batch over the rayon pool's
+/// threads. Every choice gives bitwise identical logits: each image's
+/// arithmetic does not depend on which thread runs it or how a layer is split.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchSplit {
+    /// Whole images per thread for the largest multiple of the thread count
+    /// in the batch, the remaining images split inside each layer (so a batch
+    /// of 1 is split inside layers, a batch of 8 on 2 threads by images).
+    #[default]
+    Auto,
+    /// Whole images per thread (load-balanced by rayon), each image's layers
+    /// serial on its worker: one parallel region per batch, no fork-join per
+    /// layer, and each image's activations stay in its core's caches.
+    Images,
+    /// Every layer split across the threads, images one after another (the
+    /// only choice that speeds up a single image).
+    WithinImage,
 }
 
 impl MobileOne {
@@ -392,7 +414,7 @@ impl MobileOne {
                 got: vec![head_fc.out_features(), head_fc.in_features()],
             });
         }
-        Ok(MobileOne { config, stem, stages, head_fc })
+        Ok(MobileOne { config, stem, stages, head_fc, batch_split: BatchSplit::Auto })
     }
 
     /// The configuration.
@@ -432,6 +454,16 @@ impl MobileOne {
         Ok(MobileOne { stem, stages, ..self })
     }
 
+    /// The same network with `split` as its batch schedule.
+    pub fn with_batch_split(self, split: BatchSplit) -> MobileOne {
+        MobileOne { batch_split: split, ..self }
+    }
+
+    /// How [`forward_into`](Self::forward_into) spreads a batch over threads.
+    pub fn batch_split(&self) -> BatchSplit {
+        self.batch_split
+    }
+
     /// Every block with its timm module name: `stem`, then `stages.{s}.{i}`.
     pub fn blocks(&self) -> Vec<(String, &Block)> {
         let mut v = vec![("stem".to_string(), &self.stem)];
@@ -458,7 +490,13 @@ impl MobileOne {
             .iter()
             .map(|s| s.iter().map(Block::reparameterize).collect())
             .collect::<Result<Vec<Vec<Block>>>>()?;
-        Ok(MobileOne { config: self.config.clone(), stem, stages, head_fc: self.head_fc.clone() })
+        Ok(MobileOne {
+            config: self.config.clone(),
+            stem,
+            stages,
+            head_fc: self.head_fc.clone(),
+            batch_split: self.batch_split,
+        })
     }
 
     /// Logits shape `[n, num_classes, 1, 1]` for an input shape (checks it).
@@ -503,7 +541,9 @@ impl MobileOne {
     /// Runs the network from `input` into `logits` (shape
     /// [`output_shape`](Self::output_shape)). Activations ping-pong between the
     /// two buffers of `ws`, sized once for the largest activation; after the
-    /// first call at a given input shape nothing is allocated.
+    /// first call at a given input shape nothing is allocated. A batch is
+    /// spread over the current rayon pool as [`batch_split`](Self::batch_split)
+    /// says; the logits are bitwise the same for every split and thread count.
     pub fn forward_into(
         &self,
         input: TensorView<'_>,
@@ -518,6 +558,61 @@ impl MobileOne {
                 got: logits.shape().to_vec(),
             });
         }
+        let [n, c, h, w] = input.shape();
+        let threads = if crate::parallel::may_fork() { rayon::current_num_threads() } else { 1 };
+        let by_images = match self.batch_split {
+            _ if threads < 2 || n < 2 => 0,
+            BatchSplit::Auto => n - n % threads,
+            BatchSplit::Images => n,
+            BatchSplit::WithinImage => 0,
+        };
+        let (image, classes) = (c * h * w, self.config.num_classes);
+        if n < 2 || image == 0 {
+            return self.forward_layers(input, logits, ws);
+        }
+        let (x, y) = (input.as_slice(), logits.as_mut_slice());
+        let (x_img, x_rest) = x.split_at(by_images * image);
+        let (y_img, y_rest) = y.split_at_mut(by_images * classes);
+        if by_images > 0 && ws.per_thread.len() < threads {
+            ws.per_thread.resize_with(threads, Default::default);
+        }
+        let per_thread = &ws.per_thread;
+        // One task per image; a task runs on one worker from start to end
+        // (its layers do not fork), with that worker's workspace.
+        x_img.par_chunks(image).zip(y_img.par_chunks_mut(classes)).try_for_each(|(xi, yi)| {
+            let slot = rayon::current_thread_index().unwrap_or(0) % per_thread.len();
+            let mut wsi = per_thread[slot].lock().unwrap_or_else(|e| e.into_inner());
+            crate::parallel::serial_scope(|| {
+                self.forward_layers(
+                    TensorView::new([1, c, h, w], xi)?,
+                    TensorViewMut::new([1, classes, 1, 1], yi)?,
+                    &mut wsi,
+                )
+            })
+        })?;
+        // The rest one image at a time, each layer split across the threads.
+        // Whole images, not whole layers over the batch: one image's
+        // activations stay in the caches (S0, batch 32, one thread, Zen 5:
+        // 106 ms layer by layer over the batch, 82 ms image by image).
+        for (xi, yi) in x_rest.chunks_exact(image).zip(y_rest.chunks_exact_mut(classes)) {
+            self.forward_layers(
+                TensorView::new([1, c, h, w], xi)?,
+                TensorViewMut::new([1, classes, 1, 1], yi)?,
+                ws,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// [`forward_into`](Self::forward_into) of a checked input, layer by layer
+    /// over its whole batch, each layer split across the threads when
+    /// [`crate::parallel::may_fork`].
+    fn forward_layers(
+        &self,
+        input: TensorView<'_>,
+        mut logits: TensorViewMut<'_>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
         // Largest activation (shapes already validated above).
         let mut shape = input.shape();
         let mut max_len = 0;
@@ -525,7 +620,7 @@ impl MobileOne {
             shape = b.output_shape(shape)?;
             max_len = max_len.max(crate::tensor::checked_numel("activation", shape)?);
         }
-        let Workspace { act: [a, b], scratch, pooled } = ws;
+        let Workspace { act: [a, b], scratch, pooled, .. } = ws;
         let (mut src, mut dst) = (a.get(max_len)?, b.get(max_len)?);
 
         // Stem: from the caller's input into the first buffer.

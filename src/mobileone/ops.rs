@@ -20,7 +20,7 @@ pub(crate) fn relu_nan(x: f32) -> f32 {
 const PAR_MIN_ELEMENTS: usize = 1 << 15;
 
 fn parallel(len: usize) -> bool {
-    len >= PAR_MIN_ELEMENTS && rayon::current_num_threads() > 1
+    len >= PAR_MIN_ELEMENTS && crate::parallel::may_fork()
 }
 
 /// Runs `f(plane_index, plane)` over the `hw`-long planes of `y`.

@@ -1,5 +1,7 @@
 //! Reusable buffers, so that a steady-state forward pass allocates nothing.
 
+use std::sync::Mutex;
+
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -13,6 +15,9 @@ pub struct Workspace {
     pub(crate) act: [Buf; 2],
     pub(crate) scratch: Scratch,
     pub(crate) pooled: Vec<f32>,
+    /// One workspace per worker thread for a batch split by images (each
+    /// locked by the one task running on that worker, so never contended).
+    pub(crate) per_thread: Vec<Mutex<Workspace>>,
 }
 
 impl Workspace {

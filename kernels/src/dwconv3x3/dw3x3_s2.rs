@@ -138,11 +138,7 @@ pub(super) fn dw3x3_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>) {
         let idx = PairIdx::<V> {
             tap: [tap(0), tap(1), tap(2)],
             mask_l: lane_mask(|j| j == 0 || j == ow),
-            mask_r: if w % 2 == 1 {
-                lane_mask(|j| j + 1 == ow || j + 1 == 2 * ow)
-            } else {
-                ones
-            },
+            mask_r: if w % 2 == 1 { lane_mask(|j| j + 1 == ow || j + 1 == 2 * ow) } else { ones },
         };
         for c in 0..channels {
             let k = weights_of(packed, c);
