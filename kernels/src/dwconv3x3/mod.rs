@@ -12,7 +12,7 @@
 //! once per channel.
 //!
 //! # Drivers
-//! Stride 2 has one path, in place ([`dw3x3_s2`]'s module docs: two loads
+//! Stride 2 has one path, in place (module `dw3x3_s2`: two loads
 //! and three lane permutes per input row and output vector, no copy).
 //! Stride 1 has two, chosen per width by `uses_flat` from measurements:
 //!
