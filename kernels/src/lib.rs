@@ -25,6 +25,7 @@ pub mod dwconv3x3;
 pub mod isa;
 mod lanes;
 pub mod peak;
+pub mod prefetch;
 #[cfg(any(test, feature = "testing"))]
 pub mod reference;
 

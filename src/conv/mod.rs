@@ -139,6 +139,13 @@ impl Conv2d {
         self.plan.isa()
     }
 
+    /// Asks for the packed weights to be brought into the L2 cache, so that
+    /// a call that follows soon finds them there (a hint; see
+    /// [`repconv_kernels::prefetch::prefetch_l2`]).
+    pub(crate) fn prefetch_weights(&self) {
+        repconv_kernels::prefetch::prefetch_l2(&self.packed);
+    }
+
     /// Sets whether this convolution may use rayon threads.
     pub fn with_parallelism(mut self, parallelism: Parallelism) -> Self {
         self.parallelism = parallelism;

@@ -678,6 +678,14 @@ impl Block {
         }
     }
 
+    /// Prefetches the fused block's packed weights into L2 (nothing for the
+    /// multi-branch form, whose weights are many and read branch by branch).
+    pub(crate) fn prefetch_weights(&self) {
+        if let Block::Reparam(b) = self {
+            b.reparam_conv.prefetch_weights();
+        }
+    }
+
     pub(crate) fn run(
         &self,
         x: TensorView<'_>,

@@ -623,11 +623,27 @@ impl MobileOne {
         let Workspace { act: [a, b], scratch, pooled, .. } = ws;
         let (mut src, mut dst) = (a.get(max_len)?, b.get(max_len)?);
 
+        // When this thread runs every layer alone, the next block's weights
+        // are prefetched while the current block computes: the ~8 MB of
+        // weights a pass reads do not stay in a core's caches (fused, one
+        // thread, interleaved A/B runs: S1 4-11% faster, S0 -1 to +5%).
+        // With layers split across two threads it cost 5% (the other
+        // thread's half of the weights lands in this core's L2), so it is off
+        // there; whole images per thread (a batch) keep it.
+        let prefetch = !crate::parallel::may_fork();
+        if prefetch && let Some(first) = self.stages.iter().flatten().next() {
+            first.prefetch_weights();
+        }
+
         // Stem: from the caller's input into the first buffer.
         let mut shape = self.stem.output_shape(input.shape())?;
         let len = shape.iter().product();
         self.stem.run(input, TensorViewMut::new(shape, &mut src[..len])?, scratch)?;
-        for block in self.stages.iter().flatten() {
+        let mut blocks = self.stages.iter().flatten().peekable();
+        while let Some(block) = blocks.next() {
+            if prefetch && let Some(next) = blocks.peek() {
+                next.prefetch_weights();
+            }
             let out_shape = block.output_shape(shape)?;
             let (in_len, out_len) = (shape.iter().product(), out_shape.iter().product());
             block.run(

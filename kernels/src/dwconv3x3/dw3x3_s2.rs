@@ -30,7 +30,7 @@
 //! column read the next row (never past `input`: the last loads are partial),
 //! and their outputs are discarded: stores that would spill past the row go
 //! into rows written later, or, at the end of `output`, through a stack tile.
-//! Vertical padding rows are skipped. Each output is
+//! A vertical padding row contributes zero taps. Each output is
 //! `A(((bias + Σ centre) + Σ left) + Σ right)`, the sums in `ky` order: fixed,
 //! whatever the thread count.
 
