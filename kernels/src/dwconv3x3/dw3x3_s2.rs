@@ -71,7 +71,7 @@ fn store_or_partial<V: Vector>(v: V, out: &mut [f32], o: usize) {
 
 /// Lane mask: all ones except the lanes for which `clear` holds.
 #[inline(always)]
-fn lane_mask<V: Vector>(clear: impl Fn(usize) -> bool) -> V {
+pub(super) fn lane_mask<V: Vector>(clear: impl Fn(usize) -> bool) -> V {
     let ones = f32::from_bits(u32::MAX);
     let m: [f32; MAX_LANES] = core::array::from_fn(|j| if clear(j) { 0.0 } else { ones });
     V::load(&m, 0)
@@ -101,7 +101,7 @@ fn tail_copy(s: &[f32], i: usize, n: usize) -> [f32; MAX_LANES] {
 
 /// `LANES` floats at `s[i..]`, zero past the end of `s`.
 #[inline(always)]
-fn load_row<V: Vector>(s: &[f32], i: usize) -> V {
+pub(super) fn load_row<V: Vector>(s: &[f32], i: usize) -> V {
     if i + V::LANES <= s.len() {
         // SAFETY: checked on the line above.
         unsafe { V::load_unchecked(s, i) }
@@ -112,7 +112,7 @@ fn load_row<V: Vector>(s: &[f32], i: usize) -> V {
 
 /// One input row's three taps for one output vector: `(left, centre,
 /// right)`, columns `2x-1`, `2x`, `2x+1`.
-type RowTaps<V> = (V, V, V);
+pub(super) type RowTaps<V> = (V, V, V);
 
 /// The stride-2 driver: checked arguments in, every plane computed in place.
 #[inline(always)]
@@ -209,7 +209,7 @@ fn add_row<V: Vector>(k: &Weights, ky: usize, t: RowTaps<V>, acc: &mut RowTaps<V
 
 /// `A((bias + centre) + left + right)`.
 #[inline(always)]
-fn finish<V: Vector, A: Act>(acc: RowTaps<V>) -> V {
+pub(super) fn finish<V: Vector, A: Act>(acc: RowTaps<V>) -> V {
     A::apply(acc.1.add(acc.0).add(acc.2))
 }
 

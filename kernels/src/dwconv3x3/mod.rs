@@ -55,6 +55,7 @@
 #![allow(non_snake_case)]
 
 mod dw3x3_flat;
+mod dw3x3_pairs;
 mod dw3x3_s1p1;
 mod dw3x3_s2;
 
@@ -400,6 +401,9 @@ fn run_dw(isa: Isa, act: Activation, stride: usize, args: Dw3x3Args<'_>, scratch
         #[inline(always)]
         fn run<V: Vector>(self) {
             check_args::<V>(&self.0, 2, self.1);
+            if dw3x3_pairs::chosen::<V>(self.0.w, 2) {
+                return dw3x3_pairs::dw3x3_pairs::<V, A>(2, self.0);
+            }
             dw3x3_s2::dw3x3_s2::<V, A>(self.0)
         }
     }
@@ -417,6 +421,9 @@ fn run_dw(isa: Isa, act: Activation, stride: usize, args: Dw3x3Args<'_>, scratch
 #[inline(always)]
 fn s1_body<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let (oh, ow) = check_args::<V>(&args, 1, scratch);
+    if dw3x3_pairs::chosen::<V>(args.w, 1) {
+        return dw3x3_pairs::dw3x3_pairs::<V, A>(1, args);
+    }
     if uses_flat::<V>(args.w) {
         return flat_s1::<V, A>(args, scratch);
     }

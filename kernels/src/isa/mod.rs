@@ -221,6 +221,10 @@ pub(crate) trait Vector: Copy + Send + Sync + 'static {
     /// Independent FMA chains of the peak loop ([`crate::peak`]): enough to
     /// cover FMA latency x FMA pipes, few enough to stay in registers.
     const PEAK_CHAINS: usize;
+    /// Whether [`Vector::pick2`] is one instruction (AVX-512's `vpermt2ps`),
+    /// so kernels built on lane permutes pay off (AVX2 needs three, and the
+    /// portable build emulates it).
+    const ONE_INSTRUCTION_PICK2: bool;
     /// An 8-lane vector of the same ISA (the GEMV tail of the 1x1 kernel
     /// vectorises over at most 8 output channels).
     type V8: Vector;
@@ -259,6 +263,19 @@ pub(crate) trait Vector: Copy + Send + Sync + 'static {
     fn index(f: impl Fn(usize) -> u32) -> Self::Index;
     /// Lane `j` of the result is lane `idx[j]` of the concatenation `[a, b]`.
     fn pick2(a: Self, b: Self, idx: Self::Index) -> Self;
+    /// Writes lanes `0..n` to `p .. p + n` and nothing else (`n <= LANES`):
+    /// one masked store on AVX-512, lane by lane elsewhere.
+    ///
+    /// # Safety
+    /// `p .. p + n` must be writable.
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut f32, n: usize) {
+        let mut buf = [0.0f32; MAX_LANES];
+        // SAFETY: `buf` holds MAX_LANES >= LANES floats.
+        unsafe { self.store_ptr(buf.as_mut_ptr()) };
+        // SAFETY: the caller guarantees `p .. p + n` is writable, n <= LANES.
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), p, n.min(Self::LANES)) }
+    }
     /// `a * b + c` on one float, fused where this ISA's vectors fuse (never a
     /// libm call).
     fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32;

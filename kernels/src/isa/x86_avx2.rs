@@ -38,6 +38,7 @@ impl Vector for V256 {
     const GEMM_NRV: usize = 2;
     // 16 chains + 2 operands would spill out of the 16 ymm registers.
     const PEAK_CHAINS: usize = 12;
+    const ONE_INSTRUCTION_PICK2: bool = false;
     type V8 = V256;
     type Index = Idx256;
 

@@ -39,6 +39,7 @@ impl Vector for V512 {
     const GEMM_MR: usize = 8;
     const GEMM_NRV: usize = 3;
     const PEAK_CHAINS: usize = 16;
+    const ONE_INSTRUCTION_PICK2: bool = true;
     type V8 = V256;
     type Index = Idx512;
 
@@ -108,6 +109,14 @@ impl Vector for V512 {
         // One `vpermt2ps`: index bit 4 selects the source.
         // SAFETY: AVX-512F is present (module docs).
         V512(unsafe { _mm512_permutex2var_ps(a.0, idx.0, b.0) })
+    }
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut f32, n: usize) {
+        let mask: __mmask16 = if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
+        // SAFETY: the caller guarantees `p .. p + n` is writable; a masked
+        // store neither writes nor faults on the lanes it leaves out;
+        // AVX-512F is present (module docs).
+        unsafe { _mm512_mask_storeu_ps(p, mask, self.0) }
     }
     #[inline(always)]
     fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32 {

@@ -1,0 +1,233 @@
+//! Depthwise 3x3 (part of `dw3x3_s{1,2}p1_*__avx512`) on planes whose
+//! output rows fit in half a vector (7x7 outputs with 16 lanes), two
+//! channels per vector.
+//!
+//! Lanes `0..H` (`H = LANES / 2`) hold an output row of channel `c`, lanes
+//! `H..LANES` the same row of channel `c + 1`. An input row of each channel is
+//! one load (`w <= LANES`), and three two-source lane permutes
+//! ([`Vector::pick2`]) pick the left, centre and right taps of both channels
+//! at once, for stride 1 (columns `x-1, x, x+1`) and stride 2 (`2x-1, 2x,
+//! 2x+1`). The taps of an input row are computed once and carried to the next
+//! output row that reads it (stride 1: two rows carried, one new per output
+//! row; stride 2: one carried, two new). The weights are per lane: channel
+//! `c`'s in the low half, `c + 1`'s in the high half.
+//!
+//! One vector per output row instead of a 7-lane vector per row and channel,
+//! and no per-plane copy, masks table or tail: 7x7 planes ran at 45 GFLOP/s
+//! through the flat stride-1 kernel and at 46 through stride 2's two-rows
+//! layout, whose vectors could share no input row (Zen 5, AVX-512).
+//!
+//! Horizontal padding: the left taps are the previous column's centre (stride
+//! 1) or right (stride 2) taps moved one lane up, with a zero entering each
+//! half's lane 0; a lane mask clears the right tap of the last column when it
+//! lies past the row (lanes past the row read the next row, or zeros at the
+//! end of the input). Vertical padding rows are zero taps. (Zero-masked loads
+//! instead measured 15% slower.) Each half is stored with a store of its first `ow` lanes (a
+//! masked store on AVX-512), so no store touches another row or channel, and
+//! the result does not depend on how channels are split among threads: each
+//! output is `A(((bias + Σ centre) + Σ left) + Σ right)`, the sums in `ky`
+//! order, whichever half a channel falls into.
+
+use super::dw3x3_s2::{RowTaps, finish, lane_mask, load_row};
+use super::{Dw3x3Args, PACKED_PER_CHANNEL, out_dim};
+use crate::act::Act;
+use crate::isa::Vector;
+
+/// Whether planes of width `w` at `stride` run through [`dw3x3_pairs`]:
+/// output rows of at most half a vector (the input row then fits in one
+/// vector), on an ISA whose lane permute is one instruction. Measured
+/// (GFLOP/s, this kernel vs the one it replaces, 1 thread, Zen 5): AVX-512
+/// 7x7 stride 1 70-75 vs 45-47, 4x4 39 vs 28, 3x3 27 vs 16, 14x14 stride 2
+/// 62-64 vs 46, 8x8 stride 2 34 vs 26; AVX2 (three instructions per permute)
+/// 0.9x the flat and two-row kernels, so it keeps them.
+#[inline(always)]
+pub(super) fn chosen<V: Vector>(w: usize, stride: usize) -> bool {
+    V::ONE_INSTRUCTION_PICK2 && out_dim(w, stride) <= V::LANES / 2
+}
+
+/// The permutes and masks of one plane geometry.
+struct Pairs<V: Vector> {
+    /// The centre (`kx = 1`) and right (`kx = 2`) taps of both halves from
+    /// `[row of c, row of c+1]`.
+    tap: [V::Index; 2],
+    /// The left tap from `[zero, t]`, where `t` is the centre taps (stride 1)
+    /// or the unmasked right taps (stride 2): column `x-1` of output column
+    /// `x` is that of column `x - 1` shifted one lane up, and zero for column
+    /// 0 — one permute and no mask.
+    shift: V::Index,
+    /// Whether `shift` applies to the centre taps (stride 1) or the right
+    /// taps (stride 2).
+    shift_centre: bool,
+    /// Low half from the first source, high half from the second.
+    halves: V::Index,
+    /// The high half moved down to lanes `0..H`.
+    down: V::Index,
+    /// Clears the right tap of the last column when it lies past the row
+    /// (`None` when it never does).
+    mask_r: Option<V>,
+}
+
+impl<V: Vector> Pairs<V> {
+    fn new(w: usize, stride: usize) -> Self {
+        let (ow, l, h) = (out_dim(w, stride), V::LANES, V::LANES / 2);
+        let tap = |kx: usize| {
+            V::index(move |j| {
+                // Column s*col + kx - 1 of the first (lanes < H) or the second
+                // source; columns past ow repeat the last one.
+                let (src, col) = if j < h { (0, j) } else { (l, j - h) };
+                (src + stride * col.min(ow - 1) + kx - 1) as u32
+            })
+        };
+        let right_past_row = stride * (ow - 1) + 1 >= w;
+        Pairs {
+            tap: [tap(1), tap(2)],
+            shift: V::index(|j| if j % h == 0 { 0 } else { (l + j - 1) as u32 }),
+            shift_centre: stride == 1,
+            halves: V::index(|j| if j < h { j as u32 } else { (l + j - h) as u32 }),
+            down: V::index(|j| (h + j % h) as u32),
+            mask_r: right_past_row.then(|| lane_mask(|j| j % h == ow - 1)),
+        }
+    }
+}
+
+/// The depthwise driver for [`chosen`] planes: checked arguments in.
+#[inline(always)]
+pub(super) fn dw3x3_pairs<V: Vector, A: Act>(stride: usize, args: Dw3x3Args<'_>) {
+    let Dw3x3Args { channels, h, w, packed, input, output } = args;
+    let (oh, ow) = (out_dim(h, stride), out_dim(w, stride));
+    let (hw, ohw) = (h * w, oh * ow);
+    let input = &input[..channels * hw];
+    let output = &mut output[..channels * ohw];
+    let px = Pairs::<V>::new(w, stride);
+    for c in (0..channels).step_by(2) {
+        let two = c + 1 < channels;
+        // A loop, not `array::from_fn`: a closure would be compiled without
+        // the ISA's target features.
+        let mut k = [V::zero(); PACKED_PER_CHANNEL];
+        for (t, kt) in k.iter_mut().enumerate() {
+            let lo = packed[c * PACKED_PER_CHANNEL + t];
+            let hi = if two { packed[(c + 1) * PACKED_PER_CHANNEL + t] } else { 0.0 };
+            *kt = V::pick2(V::splat(lo), V::splat(hi), px.halves);
+        }
+        let planes = Planes { a: c * hw, b: two.then_some((c + 1) * hw), w };
+        if stride == 1 {
+            pairs_s1::<V, A>(&k, &px, input, &planes, [h, ow], output, c * ohw, two);
+        } else {
+            pairs_s2::<V, A>(&k, &px, input, &planes, [h, ow], output, c * ohw, two);
+        }
+    }
+}
+
+/// Where the two channels' input planes start (`b` is `None` for a last,
+/// unpaired channel, whose high half computes on zeros and is not stored).
+struct Planes {
+    a: usize,
+    b: Option<usize>,
+    w: usize,
+}
+
+/// The taps of input row `y` of both channels.
+#[inline(always)]
+fn taps<V: Vector>(px: &Pairs<V>, input: &[f32], planes: &Planes, y: usize) -> RowTaps<V> {
+    let a: V = load_row(input, planes.a + y * planes.w);
+    let b: V = match planes.b {
+        Some(b) => load_row(input, b + y * planes.w),
+        None => V::zero(),
+    };
+    let centre = V::pick2(a, b, px.tap[0]);
+    let right = V::pick2(a, b, px.tap[1]);
+    let left = V::pick2(V::zero(), if px.shift_centre { centre } else { right }, px.shift);
+    let right = match px.mask_r {
+        Some(m) => right.and(m),
+        None => right,
+    };
+    (left, centre, right)
+}
+
+/// `acc += taps * weights of kernel row ky`, per lane.
+#[inline(always)]
+fn add<V: Vector>(k: &[V; PACKED_PER_CHANNEL], ky: usize, t: RowTaps<V>, acc: &mut RowTaps<V>) {
+    acc.0 = t.0.mul_add(k[1 + 3 * ky], acc.0);
+    acc.1 = t.1.mul_add(k[2 + 3 * ky], acc.1);
+    acc.2 = t.2.mul_add(k[3 + 3 * ky], acc.2);
+}
+
+/// Stores output row `oy` of both channels (their planes `ohw` apart from
+/// `ob`): the first `ow` lanes of each half.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn store_row<V: Vector>(
+    px: &Pairs<V>,
+    v: V,
+    out: &mut [f32],
+    ob: usize,
+    ohw: usize,
+    oy: usize,
+    ow: usize,
+    two: bool,
+) {
+    let dst = &mut out[ob + oy * ow..ob + (oy + 1) * ow];
+    // SAFETY: `dst` holds `ow <= LANES / 2` writable floats.
+    unsafe { v.store_first(dst.as_mut_ptr(), ow) };
+    if two {
+        let dst = &mut out[ob + ohw + oy * ow..ob + ohw + (oy + 1) * ow];
+        // SAFETY: as above.
+        unsafe { V::pick2(v, v, px.down).store_first(dst.as_mut_ptr(), ow) };
+    }
+}
+
+/// Stride 1: output row `oy` reads input rows `oy-1, oy, oy+1`; the taps of
+/// the two upper ones are carried from the previous output row.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pairs_s1<V: Vector, A: Act>(
+    k: &[V; PACKED_PER_CHANNEL],
+    px: &Pairs<V>,
+    input: &[f32],
+    planes: &Planes,
+    [h, ow]: [usize; 2],
+    out: &mut [f32],
+    ob: usize,
+    two: bool,
+) {
+    let zero = (V::zero(), V::zero(), V::zero());
+    let (mut above, mut cur) = (zero, taps(px, input, planes, 0));
+    for oy in 0..h {
+        let below = if oy + 1 < h { taps(px, input, planes, oy + 1) } else { zero };
+        let mut acc = (V::zero(), k[0], V::zero());
+        add(k, 0, above, &mut acc);
+        add(k, 1, cur, &mut acc);
+        add(k, 2, below, &mut acc);
+        store_row(px, finish::<V, A>(acc), out, ob, h * ow, oy, ow, two);
+        (above, cur) = (cur, below);
+    }
+}
+
+/// Stride 2: output row `oy` reads input rows `2oy-1, 2oy, 2oy+1`; the taps of
+/// row `2oy-1` are carried from the previous output row.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pairs_s2<V: Vector, A: Act>(
+    k: &[V; PACKED_PER_CHANNEL],
+    px: &Pairs<V>,
+    input: &[f32],
+    planes: &Planes,
+    [h, ow]: [usize; 2],
+    out: &mut [f32],
+    ob: usize,
+    two: bool,
+) {
+    let zero = (V::zero(), V::zero(), V::zero());
+    let oh = out_dim(h, 2);
+    let mut above = zero;
+    for oy in 0..oh {
+        let cur = taps(px, input, planes, 2 * oy);
+        let below = if 2 * oy + 1 < h { taps(px, input, planes, 2 * oy + 1) } else { zero };
+        let mut acc = (V::zero(), k[0], V::zero());
+        add(k, 0, above, &mut acc);
+        add(k, 1, cur, &mut acc);
+        add(k, 2, below, &mut acc);
+        store_row(px, finish::<V, A>(acc), out, ob, oh * ow, oy, ow, two);
+        above = below;
+    }
+}
