@@ -17,12 +17,12 @@
 //! through the flat stride-1 kernel and at 46 through stride 2's two-rows
 //! layout, whose vectors could share no input row (Zen 5, AVX-512).
 //!
-//! Horizontal padding: the left taps are the previous column's centre (stride
-//! 1) or right (stride 2) taps moved one lane up, with a zero entering each
-//! half's lane 0; a lane mask clears the right tap of the last column when it
-//! lies past the row (lanes past the row read the next row, or zeros at the
-//! end of the input). Vertical padding rows are zero taps. (Zero-masked loads
-//! instead measured 15% slower.) Each half is stored with a store of its first `ow` lanes (a
+//! Horizontal padding: the left taps are the previous column's taps moved
+//! one lane up (the centre taps at stride 1, the right taps at stride 2),
+//! with a zero entering each half's lane 0; a lane mask clears the right tap
+//! of the last column when it lies past the row (lanes past the row read the
+//! next row, or zeros at the end of the input). Vertical padding rows are
+//! zero taps. (Zero-masked loads instead measured 15% slower.) Each half is stored with a store of its first `ow` lanes (a
 //! masked store on AVX-512), so no store touches another row or channel, and
 //! the result does not depend on how channels are split among threads: each
 //! output is `A(((bias + Σ centre) + Σ left) + Σ right)`, the sums in `ky`
