@@ -15,18 +15,21 @@
 //! One vector per output row instead of a 7-lane vector per row and channel,
 //! and no per-plane copy, masks table or tail: 7x7 planes ran at 45 GFLOP/s
 //! through the flat stride-1 kernel and at 46 through stride 2's two-rows
-//! layout, whose vectors could share no input row (Zen 5, AVX-512).
+//! layout, whose vectors could share no input row; 70-74 and 60-64 here
+//! (Zen 5, AVX-512, 1 thread).
 //!
 //! Horizontal padding: the left taps are the previous column's taps moved
 //! one lane up (the centre taps at stride 1, the right taps at stride 2),
 //! with a zero entering each half's lane 0; a lane mask clears the right tap
 //! of the last column when it lies past the row (lanes past the row read the
 //! next row, or zeros at the end of the input). Vertical padding rows are
-//! zero taps. (Zero-masked loads instead measured 15% slower.) Each half is stored with a store of its first `ow` lanes (a
-//! masked store on AVX-512), so no store touches another row or channel, and
-//! the result does not depend on how channels are split among threads: each
-//! output is `A(((bias + Σ centre) + Σ left) + Σ right)`, the sums in `ky`
-//! order, whichever half a channel falls into.
+//! zero taps. Zero-masked loads instead of the mask measured 15% slower.
+//!
+//! Each half is stored with a store of its first `ow` lanes (a masked store
+//! on AVX-512), so no store touches another row or channel. Each output is
+//! `A(((bias + Σ centre) + Σ left) + Σ right)`, the sums in `ky` order,
+//! whichever half a channel falls into, so the result does not depend on how
+//! channels are split among threads.
 
 use super::dw3x3_s2::{RowTaps, finish, lane_mask, load_row};
 use super::{Dw3x3Args, PACKED_PER_CHANNEL, out_dim};
