@@ -3,7 +3,7 @@
 //! x86-64 build, two NEON registers on aarch64, simd128 on wasm. No
 //! `unsafe` intrinsics: only the two pointer accesses below.
 
-use wide::{ShuffleExt, f32x8, u32x8};
+use wide::{f32x8, u32x8};
 
 use super::Vector;
 
@@ -86,7 +86,14 @@ impl Vector for VP {
     }
     #[inline(always)]
     fn pick2(a: Self, b: Self, idx: u32x8) -> Self {
-        VP([a.0, b.0].shuffle(idx))
+        // Lane by lane through arrays: `wide`'s runtime two-vector shuffle
+        // measured 4.7x slower in the depthwise stride-2 kernel on SSE2
+        // (4.6 vs 21-22 GFLOP/s; 8x8 planes 0.2 vs 5.6).
+        let (a, b, idx) = (a.0.to_array(), b.0.to_array(), idx.to_array());
+        VP(f32x8::new(core::array::from_fn(|j| {
+            let i = idx[j] as usize % 16;
+            if i < 8 { a[i] } else { b[i - 8] }
+        })))
     }
     #[inline(always)]
     fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32 {
