@@ -99,7 +99,10 @@ fn tail_copy(s: &[f32], i: usize, n: usize) -> [f32; MAX_LANES] {
     buf
 }
 
-/// `LANES` floats at `s[i..]`, zero past the end of `s`.
+/// `LANES` floats at `s[i..]`, zero past the end of `s`. The in-bounds path
+/// skips the slice's own bounds check after this one: with checked loads and
+/// stores ([`Lanes::load`], [`Lanes::store`]) the stride-2 kernel measured
+/// 36-52 GFLOP/s instead of 61-80 (Zen 5, AVX-512, 1 thread).
 #[inline(always)]
 pub(super) fn load_row<V: Vector>(s: &[f32], i: usize) -> V {
     if i + V::LANES <= s.len() {
