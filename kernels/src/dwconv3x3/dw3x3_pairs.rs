@@ -113,11 +113,7 @@ pub(super) fn dw3x3_pairs<V: Vector, A: Act>(stride: usize, args: Dw3x3Args<'_>)
             *kt = V::pick2(V::splat(lo), V::splat(hi), px.halves);
         }
         let planes = Planes { a: c * hw, b: two.then_some((c + 1) * hw), w };
-        if stride == 1 {
-            pairs_s1::<V, A>(&k, &px, input, &planes, [h, ow], output, c * ohw, two);
-        } else {
-            pairs_s2::<V, A>(&k, &px, input, &planes, [h, ow], output, c * ohw, two);
-        }
+        pair_rows::<V, A>(&k, &px, input, &planes, [h, ow, stride], output, c * ohw, two);
     }
 }
 
@@ -179,58 +175,35 @@ fn store_row<V: Vector>(
     }
 }
 
-/// Stride 1: output row `oy` reads input rows `oy-1, oy, oy+1`; the taps of
-/// the two upper ones are carried from the previous output row.
+/// All output rows of one channel pair. Output row `oy` reads input rows
+/// `s*oy - 1`, `s*oy`, `s*oy + 1`; the taps of the rows the previous output
+/// row already read are carried (stride 1: two of them, stride 2: one).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn pairs_s1<V: Vector, A: Act>(
+fn pair_rows<V: Vector, A: Act>(
     k: &[V; PACKED_PER_CHANNEL],
     px: &Pairs<V>,
     input: &[f32],
     planes: &Planes,
-    [h, ow]: [usize; 2],
+    [h, ow, s]: [usize; 3],
     out: &mut [f32],
     ob: usize,
     two: bool,
 ) {
     let zero = (V::zero(), V::zero(), V::zero());
-    let (mut above, mut cur) = (zero, taps(px, input, planes, 0));
-    for oy in 0..h {
-        let below = if oy + 1 < h { taps(px, input, planes, oy + 1) } else { zero };
-        let mut acc = (V::zero(), k[0], V::zero());
-        add(k, 0, above, &mut acc);
-        add(k, 1, cur, &mut acc);
-        add(k, 2, below, &mut acc);
-        store_row(px, finish::<V, A>(acc), out, ob, h * ow, oy, ow, two);
-        (above, cur) = (cur, below);
-    }
-}
-
-/// Stride 2: output row `oy` reads input rows `2oy-1, 2oy, 2oy+1`; the taps of
-/// row `2oy-1` are carried from the previous output row.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn pairs_s2<V: Vector, A: Act>(
-    k: &[V; PACKED_PER_CHANNEL],
-    px: &Pairs<V>,
-    input: &[f32],
-    planes: &Planes,
-    [h, ow]: [usize; 2],
-    out: &mut [f32],
-    ob: usize,
-    two: bool,
-) {
-    let zero = (V::zero(), V::zero(), V::zero());
-    let oh = out_dim(h, 2);
+    let oh = out_dim(h, s);
+    // Taps of rows s*oy - 1 and (at stride 1) s*oy, carried over.
     let mut above = zero;
+    let mut next = if s == 1 { taps(px, input, planes, 0) } else { zero };
     for oy in 0..oh {
-        let cur = taps(px, input, planes, 2 * oy);
-        let below = if 2 * oy + 1 < h { taps(px, input, planes, 2 * oy + 1) } else { zero };
+        let cur = if s == 1 { next } else { taps(px, input, planes, s * oy) };
+        let below = if s * oy + 1 < h { taps(px, input, planes, s * oy + 1) } else { zero };
         let mut acc = (V::zero(), k[0], V::zero());
         add(k, 0, above, &mut acc);
         add(k, 1, cur, &mut acc);
         add(k, 2, below, &mut acc);
         store_row(px, finish::<V, A>(acc), out, ob, oh * ow, oy, ow, two);
-        above = below;
+        above = if s == 1 { cur } else { below };
+        next = below;
     }
 }
