@@ -288,6 +288,29 @@ impl Linear {
         ops::matvec(isa, &self.weight, &self.bias, x, y);
         Ok(())
     }
+
+    /// [`forward_isa`](Self::forward_isa) for every sample of a batch (`xs`
+    /// and `ys` whole multiples of the feature counts, the same number of
+    /// samples), reading the weights once for the batch; bitwise the same
+    /// logits as one sample at a time. `tmp` is reused scratch.
+    pub(crate) fn forward_batch_isa(
+        &self,
+        isa: Isa,
+        xs: &[f32],
+        ys: &mut [f32],
+        tmp: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = xs.len() / self.in_features;
+        if !xs.len().is_multiple_of(self.in_features) || ys.len() != n * self.out_features {
+            return Err(Error::LengthMismatch {
+                what: "linear batch output",
+                expected: n * self.out_features,
+                got: ys.len(),
+            });
+        }
+        ops::matvec_batch(isa, &self.weight, &self.bias, xs, self.in_features, ys, tmp);
+        Ok(())
+    }
 }
 
 /// A MobileOne network in either form (or a mix, block by block).
@@ -566,51 +589,71 @@ impl MobileOne {
             BatchSplit::Images => n,
             BatchSplit::WithinImage => 0,
         };
-        let (image, classes) = (c * h * w, self.config.num_classes);
-        if n < 2 || image == 0 {
-            return self.forward_layers(input, logits, ws);
+        let image = c * h * w;
+        if n == 0 || image == 0 {
+            return Ok(()); // an empty batch: no logits to compute
         }
-        let (x, y) = (input.as_slice(), logits.as_mut_slice());
+        // Each image's pooled features go to `feats` (image i at i * f); the
+        // head then runs once over the whole batch, so its weights (4-5 MB,
+        // which do not stay in cache between images) are read once per batch.
+        let f = self.head_fc.in_features();
+        let mut feats = std::mem::take(&mut ws.feats);
+        let result = self.batch_features(input, grow(&mut feats, n * f), by_images, threads, ws);
+        let result = result.and_then(|()| {
+            let y = logits.as_mut_slice();
+            self.head_fc.forward_batch_isa(self.isa(), &feats[..n * f], y, &mut ws.head_tmp)
+        });
+        ws.feats = feats;
+        result
+    }
+
+    /// The pooled features of every image of a checked `input` into `feats`
+    /// (`f` floats per image): the first `by_images` images whole per task
+    /// (each on one worker with its own workspace), the rest one at a time
+    /// with each layer split across the threads.
+    fn batch_features(
+        &self,
+        input: TensorView<'_>,
+        feats: &mut [f32],
+        by_images: usize,
+        threads: usize,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let [n, c, h, w] = input.shape();
+        let (image, f) = (c * h * w, feats.len() / n.max(1));
+        let x = input.as_slice();
         let (x_img, x_rest) = x.split_at(by_images * image);
-        let (y_img, y_rest) = y.split_at_mut(by_images * classes);
+        let (f_img, f_rest) = feats.split_at_mut(by_images * f);
         if by_images > 0 && ws.per_thread.len() < threads {
             ws.per_thread.resize_with(threads, Default::default);
         }
         let per_thread = &ws.per_thread;
         // One task per image; a task runs on one worker from start to end
         // (its layers do not fork), with that worker's workspace.
-        x_img.par_chunks(image).zip(y_img.par_chunks_mut(classes)).try_for_each(|(xi, yi)| {
+        x_img.par_chunks(image).zip(f_img.par_chunks_mut(f)).try_for_each(|(xi, fi)| {
             let slot = rayon::current_thread_index().unwrap_or(0) % per_thread.len();
             let mut wsi = per_thread[slot].lock().unwrap_or_else(|e| e.into_inner());
             crate::parallel::serial_scope(|| {
-                self.forward_layers(
-                    TensorView::new([1, c, h, w], xi)?,
-                    TensorViewMut::new([1, classes, 1, 1], yi)?,
-                    &mut wsi,
-                )
+                self.image_features(TensorView::new([1, c, h, w], xi)?, fi, &mut wsi)
             })
         })?;
         // The rest one image at a time, each layer split across the threads.
         // Whole images, not whole layers over the batch: one image's
         // activations stay in the caches (S0, batch 32, one thread, Zen 5:
         // 106 ms layer by layer over the batch, 82 ms image by image).
-        for (xi, yi) in x_rest.chunks_exact(image).zip(y_rest.chunks_exact_mut(classes)) {
-            self.forward_layers(
-                TensorView::new([1, c, h, w], xi)?,
-                TensorViewMut::new([1, classes, 1, 1], yi)?,
-                ws,
-            )?;
+        for (xi, fi) in x_rest.chunks_exact(image).zip(f_rest.chunks_exact_mut(f)) {
+            self.image_features(TensorView::new([1, c, h, w], xi)?, fi, ws)?;
         }
         Ok(())
     }
 
-    /// [`forward_into`](Self::forward_into) of a checked input, layer by layer
-    /// over its whole batch, each layer split across the threads when
-    /// [`crate::parallel::may_fork`].
-    fn forward_layers(
+    /// The globally average-pooled features of one checked image (`[1, c, h,
+    /// w]`) into `feats` (the head's `in_features` long), each layer split
+    /// across the threads when [`crate::parallel::may_fork`].
+    fn image_features(
         &self,
         input: TensorView<'_>,
-        mut logits: TensorViewMut<'_>,
+        feats: &mut [f32],
         ws: &mut Workspace,
     ) -> Result<()> {
         // Largest activation (shapes already validated above).
@@ -620,7 +663,7 @@ impl MobileOne {
             shape = b.output_shape(shape)?;
             max_len = max_len.max(crate::tensor::checked_numel("activation", shape)?);
         }
-        let Workspace { act: [a, b], scratch, pooled, .. } = ws;
+        let Workspace { act: [a, b], scratch, .. } = ws;
         let (mut src, mut dst) = (a.get(max_len)?, b.get(max_len)?);
 
         // When this thread runs every layer alone, the next block's weights
@@ -655,14 +698,16 @@ impl MobileOne {
             shape = out_shape;
         }
 
-        // Global average pool, then the head.
-        let [n, c, h, w] = shape;
-        let feats = grow(pooled, n * c);
-        ops::plane_means(&src[..n * c * h * w], h * w, feats);
-        let classes = self.config.num_classes;
-        for (x, y) in feats.chunks_exact(c).zip(logits.as_mut_slice().chunks_exact_mut(classes)) {
-            self.head_fc.forward_isa(self.isa(), x, y)?;
+        // Global average pool.
+        let [_, c, h, w] = shape;
+        if feats.len() != c {
+            return Err(Error::LengthMismatch {
+                what: "pooled features",
+                expected: c,
+                got: feats.len(),
+            });
         }
+        ops::plane_means(&src[..c * h * w], h * w, feats);
         Ok(())
     }
 }

@@ -9,6 +9,8 @@
 use rayon::prelude::*;
 use repconv_kernels::Isa;
 
+use super::workspace::grow;
+
 /// ReLU with PyTorch's NaN semantics: `relu(NaN) = NaN` (`f32::max` would
 /// return 0), the same function the kernels' epilogue applies.
 #[inline(always)]
@@ -110,13 +112,15 @@ pub(crate) fn scale_planes(y: &mut [f32], hw: usize, s: &[f32], relu: bool) {
     });
 }
 
+/// Rows of `w` per task of [`matvec`] and [`matvec_batch`].
+const ROWS: usize = 16;
+
 /// `y[o] = bias[o] + dot(w[o, ..], x)` for a row-major `w` of `y.len()` rows
 /// of `x.len()` columns (the SE 1x1 convolutions on pooled vectors and the
 /// linear head), with `isa`'s dot product: chunks of 16 rows per task, each
 /// row's arithmetic the same whatever the split. `w.len()` must be
 /// `y.len() * x.len()`.
 pub(crate) fn matvec(isa: Isa, w: &[f32], bias: &[f32], x: &[f32], y: &mut [f32]) {
-    const ROWS: usize = 16;
     let k = x.len();
     let chunk = |(i, ys): (usize, &mut [f32])| {
         let o = i * ROWS;
@@ -127,5 +131,99 @@ pub(crate) fn matvec(isa: Isa, w: &[f32], bias: &[f32], x: &[f32], y: &mut [f32]
         y.par_chunks_mut(ROWS).enumerate().for_each(chunk);
     } else {
         y.chunks_mut(ROWS).enumerate().for_each(chunk);
+    }
+}
+
+/// [`matvec`] for each of the `n = xs.len() / k` samples of a batch: `xs` is
+/// `n` rows of `k` features, `ys` `n` rows of `m = bias.len()` outputs.
+///
+/// Each block of 16 rows of `w` is read once for the whole batch (and stays in
+/// L2 from one sample to the next) instead of once per sample: a classifier's
+/// weights are megabytes that do not stay in cache between images. Every
+/// output is the same dot product [`matvec`] computes for its sample alone,
+/// so the results are bitwise equal to it. Tasks are row blocks; their
+/// results go to `tmp` (block by block, sample by sample: disjoint slices per
+/// task) and are then copied into `ys`.
+pub(crate) fn matvec_batch(
+    isa: Isa,
+    w: &[f32],
+    bias: &[f32],
+    xs: &[f32],
+    k: usize,
+    ys: &mut [f32],
+    tmp: &mut Vec<f32>,
+) {
+    let m = bias.len();
+    if k == 0 || m == 0 {
+        return;
+    }
+    let n = xs.len() / k;
+    if n <= 1 {
+        return matvec(isa, w, bias, &xs[..k * n], &mut ys[..m * n]);
+    }
+    // Block b (rows o0 = 16b .. o0 + r) holds sample i's r outputs at
+    // tmp[o0 * n + i * r ..][..r].
+    let tmp = grow(tmp, m * n);
+    let block = |(b, t): (usize, &mut [f32])| {
+        let o0 = b * ROWS;
+        let r = t.len() / n;
+        let (wb, bb) = (&w[o0 * k..(o0 + r) * k], &bias[o0..o0 + r]);
+        for (x, out) in xs.chunks_exact(k).zip(t.chunks_exact_mut(r)) {
+            repconv_kernels::dot::matvec(isa, wb, bb, x, out);
+        }
+    };
+    if parallel(w.len()) {
+        tmp.par_chunks_mut(ROWS * n).enumerate().for_each(block);
+    } else {
+        tmp.chunks_mut(ROWS * n).enumerate().for_each(block);
+    }
+    for (b, t) in tmp.chunks(ROWS * n).enumerate() {
+        let (o0, r) = (b * ROWS, t.len() / n);
+        for (y, out) in ys.chunks_exact_mut(m).zip(t.chunks_exact(r)) {
+            y[o0..o0 + r].copy_from_slice(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mobileone::SplitMix64;
+
+    /// The batched head must give every sample exactly what `matvec` gives it
+    /// alone, whatever the batch size, row count (partial last block) and
+    /// thread count (`k = 1000` makes the weights large enough to split).
+    #[test]
+    fn matvec_batch_is_bitwise_matvec_per_sample() {
+        let mut rng = SplitMix64::new(7);
+        for (m, k) in [(1, 3), (16, 19), (37, 19), (37, 1000)] {
+            let w = rng.uniform_vec(m * k, -1.0, 1.0);
+            let bias = rng.uniform_vec(m, -1.0, 1.0);
+            for n in [0, 1, 2, 5] {
+                let mut xs = rng.uniform_vec(n * k, -1.0, 1.0);
+                if n == 5 {
+                    xs[3 * k + 1] = f32::NAN; // stays in sample 3's outputs
+                }
+                let mut alone = vec![0.0; n * m];
+                for (x, y) in xs.chunks_exact(k).zip(alone.chunks_exact_mut(m)) {
+                    matvec(Isa::best(), &w, &bias, x, y);
+                }
+                for threads in [1, 3] {
+                    let pool =
+                        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut ys = vec![f32::INFINITY; n * m];
+                    let mut tmp = Vec::new();
+                    pool.install(|| {
+                        matvec_batch(Isa::best(), &w, &bias, &xs, k, &mut ys, &mut tmp)
+                    });
+                    let same = ys.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "m {m} k {k} n {n} threads {threads}");
+                    if n == 5 {
+                        assert!(ys[3 * m..4 * m].iter().all(|v| v.is_nan()));
+                        assert!(ys[..3 * m].iter().chain(&ys[4 * m..]).all(|v| v.is_finite()));
+                    }
+                }
+            }
+        }
     }
 }

@@ -7,14 +7,18 @@ use crate::tensor::Tensor;
 
 /// Buffers reused across forward passes of blocks and networks: two
 /// activation buffers (ping-pong between blocks), a branch buffer for the
-/// multi-branch form, and small vectors for squeeze-excitation and pooling.
+/// multi-branch form, and small vectors for squeeze-excitation, pooling and
+/// the classifier head.
 /// Each grows to the largest size it has been asked for and never shrinks, so
 /// after the first pass at a given input shape nothing is allocated.
 #[derive(Debug, Default)]
 pub struct Workspace {
     pub(crate) act: [Buf; 2],
     pub(crate) scratch: Scratch,
-    pub(crate) pooled: Vec<f32>,
+    /// Pooled features of a batch, image after image (the head's input).
+    pub(crate) feats: Vec<f32>,
+    /// The head's per-block results over a batch (see `ops::matvec_batch`).
+    pub(crate) head_tmp: Vec<f32>,
     /// One workspace per worker thread for a batch split by images (each
     /// locked by the one task running on that worker, so never contended).
     pub(crate) per_thread: Vec<Mutex<Workspace>>,
