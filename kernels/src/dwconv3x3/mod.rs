@@ -66,8 +66,10 @@ use crate::act::{Act, Activation, with_act};
 use crate::isa::{Isa, Job, MAX_LANES, Vector, dispatch};
 use crate::lanes::Lanes;
 
-/// Most output rows per stride-1 band (accumulators: `R_MAX` vectors).
-pub const R_MAX: usize = 8;
+/// Most output rows per stride-1 band (accumulators: `R_MAX` vectors, or
+/// `2 * R_MAX` with split accumulators): 7 leaves AVX-512 room for the split
+/// (2 * 7 + 15 of 32 registers) and tiles 14, 28, 56 and 112 rows exactly.
+pub const R_MAX: usize = 7;
 /// Fewest rows of a stride-1 band when a plane needs more than one band
 /// (`ceil(oh / ceil(oh / R_MAX))` for `oh > R_MAX`).
 const MIN_MULTI_BAND: usize = R_MAX / 2 + 1;
@@ -354,7 +356,7 @@ fn col_start<V: Vector>(j: usize, ow: usize) -> usize {
 }
 
 /// Depthwise 3x3, stride 1, padding 1, with `isa`'s kernels
-/// (`dw3x3_s1p1_8x<LANES>__<isa>`): computes `output[..channels*h*w]` from
+/// (`dw3x3_s1p1_7x<LANES>__<isa>`): computes `output[..channels*h*w]` from
 /// `input[..channels*h*w]` (see the module docs for the formula).
 ///
 /// Writes exactly `output[..channels*h*w]` and reads only

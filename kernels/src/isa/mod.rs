@@ -225,6 +225,9 @@ pub(crate) trait Vector: Copy + Send + Sync + 'static {
     /// so kernels built on lane permutes pay off (AVX2 needs three, and the
     /// portable build emulates it).
     const ONE_INSTRUCTION_PICK2: bool;
+    /// Vector registers the ISA has for values of this type, so kernels can
+    /// size their register tiles (a portable `f32x8` is two of SSE2's 16).
+    const REGISTERS: usize;
     /// An 8-lane vector of the same ISA (the GEMV tail of the 1x1 kernel
     /// vectorises over at most 8 output channels).
     type V8: Vector;

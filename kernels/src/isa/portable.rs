@@ -24,6 +24,7 @@ impl Vector for VP {
     // Each f32x8 is two xmm registers on SSE2 (16 in all).
     const PEAK_CHAINS: usize = 6;
     const ONE_INSTRUCTION_PICK2: bool = false;
+    const REGISTERS: usize = 8;
     type V8 = VP;
     type Index = u32x8;
 

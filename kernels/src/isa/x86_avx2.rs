@@ -39,6 +39,7 @@ impl Vector for V256 {
     // 16 chains + 2 operands would spill out of the 16 ymm registers.
     const PEAK_CHAINS: usize = 12;
     const ONE_INSTRUCTION_PICK2: bool = false;
+    const REGISTERS: usize = 16;
     type V8 = V256;
     type Index = Idx256;
 

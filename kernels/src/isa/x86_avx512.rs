@@ -40,6 +40,7 @@ impl Vector for V512 {
     const GEMM_NRV: usize = 3;
     const PEAK_CHAINS: usize = 16;
     const ONE_INSTRUCTION_PICK2: bool = true;
+    const REGISTERS: usize = 32;
     type V8 = V256;
     type Index = Idx512;
 
