@@ -88,7 +88,7 @@ pub const KERNELS: &[KernelInfo] = {
         k(Conv3x3S2, Portable, "conv3x3_s2_6x16__portable"),
         k(Dw3x3S1, Avx512, "dw3x3_s1p1_7x16__avx512"),
         k(Dw3x3S1, Avx2, "dw3x3_s1p1_7x8__avx2"),
-        k(Dw3x3S1, Portable, "dw3x3_s1p1_7x8__portable"),
+        k(Dw3x3S1, Portable, "dw3x3_s1p1_4x8__portable"),
         k(Dw3x3S2, Avx512, "dw3x3_s2p1_1x16__avx512"),
         k(Dw3x3S2, Avx2, "dw3x3_s2p1_1x8__avx2"),
         k(Dw3x3S2, Portable, "dw3x3_s2p1_1x8__portable"),
@@ -138,7 +138,10 @@ mod tests {
             assert!(k.name.ends_with(&format!("__{}", k.isa.name())), "{}", k.name);
             let lanes = k.isa.lanes();
             match k.op {
-                Op::Dw3x3S1 => assert!(k.name.contains(&format!("_7x{lanes}__"))),
+                Op::Dw3x3S1 => {
+                    let rows = if k.isa == IsaKind::Portable { 4 } else { 7 };
+                    assert!(k.name.contains(&format!("_{rows}x{lanes}__")))
+                }
                 Op::Dw3x3S2 => assert!(k.name.contains(&format!("_1x{lanes}__"))),
                 Op::Dw1x1S1 => assert!(k.name.contains(&format!("_1x{lanes}__"))),
                 Op::Dw1x1S2 => assert!(k.name.contains("_1x1__")),

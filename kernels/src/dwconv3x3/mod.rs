@@ -66,13 +66,23 @@ use crate::act::{Act, Activation, with_act};
 use crate::isa::{Isa, Job, MAX_LANES, Vector, dispatch};
 use crate::lanes::Lanes;
 
-/// Most output rows per stride-1 band (accumulators: `R_MAX` vectors, or
-/// `2 * R_MAX` with split accumulators): 7 leaves AVX-512 room for the split
-/// (2 * 7 + 15 of 32 registers) and tiles 14, 28, 56 and 112 rows exactly.
-pub const R_MAX: usize = 7;
+/// Most output rows per stride-1 band for `V` (accumulators: that many
+/// vectors, twice as many with split accumulators). 7 tiles 14, 28, 56 and
+/// 112 rows exactly and leaves AVX-512 room for the split (2 * 7 + 15 of 32
+/// registers). The portable `f32x8` has 8 registers' worth on SSE2, where 7
+/// rows spilled: 4 rows measured 1.2-1.5x faster (Zen 5, 1 thread, 14x14 to
+/// 56x56 planes), while AVX2 was fastest with 7.
+#[inline(always)]
+fn r_max<V: Vector>() -> usize {
+    if V::REGISTERS >= 16 { 7 } else { 4 }
+}
+
 /// Fewest rows of a stride-1 band when a plane needs more than one band
-/// (`ceil(oh / ceil(oh / R_MAX))` for `oh > R_MAX`).
-const MIN_MULTI_BAND: usize = R_MAX / 2 + 1;
+/// (`ceil(oh / ceil(oh / r_max))` for `oh > r_max`).
+#[inline(always)]
+fn min_multi_band<V: Vector>() -> usize {
+    r_max::<V>() / 2 + 1
+}
 
 /// Floats of packed weights per channel: `[bias, w0..w8]`.
 pub const PACKED_PER_CHANNEL: usize = 10;
@@ -356,7 +366,7 @@ fn col_start<V: Vector>(j: usize, ow: usize) -> usize {
 }
 
 /// Depthwise 3x3, stride 1, padding 1, with `isa`'s kernels
-/// (`dw3x3_s1p1_7x<LANES>__<isa>`): computes `output[..channels*h*w]` from
+/// (`dw3x3_s1p1_7x<LANES>__<isa>`, `_4x8__portable`): computes `output[..channels*h*w]` from
 /// `input[..channels*h*w]` (see the module docs for the formula).
 ///
 /// Writes exactly `output[..channels*h*w]` and reads only
@@ -488,7 +498,7 @@ fn s1_plane<V: Vector, A: Act>(
 ) {
     let (oh, ow) = (h, w);
     let ncol = w.div_ceil(V::LANES);
-    let (nband, rows) = bands(oh, R_MAX);
+    let (nband, rows) = bands(oh, r_max::<V>());
     // LOOP 2: bands of `rows` output rows (the last one moved up to end at oh).
     for b in 0..nband {
         let oy0 = (b * rows).min(oh - rows);
@@ -538,12 +548,11 @@ fn s1_band<V: Vector, A: Act>(
         5 => go!(5),
         6 => go!(6),
         7 => go!(7),
-        8 => go!(8),
         _ => unreachable!("band of {rows} rows"),
     }
 }
 
-/// [`s1_band`] for a fixed `R`. Bands of fewer than [`MIN_MULTI_BAND`] rows
+/// [`s1_band`] for a fixed `R`. Bands of fewer than [`min_multi_band`] rows
 /// only occur as the single band of a short plane (`top && bot`), so the other
 /// padding variants are not instantiated for them.
 #[allow(clippy::too_many_arguments)]
@@ -576,7 +585,7 @@ fn s1_band_r<V: Vector, const R: usize, A: Act>(
             }
         };
     }
-    if R < MIN_MULTI_BAND {
+    if R < min_multi_band::<V>() {
         assert!(top && bot, "short band inside a plane");
         return go!(true, true);
     }
