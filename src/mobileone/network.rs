@@ -313,6 +313,16 @@ impl Linear {
     }
 }
 
+/// How [`MobileOne::forward_into`] runs a batch's images: the first
+/// `by_images` whole per task on `threads` workers, the rest one at a time;
+/// `act_len` floats per activation buffer.
+#[derive(Clone, Copy)]
+struct ImageSplit {
+    by_images: usize,
+    threads: usize,
+    act_len: usize,
+}
+
 /// A MobileOne network in either form (or a mix, block by block).
 ///
 /// ```
@@ -597,8 +607,10 @@ impl MobileOne {
         // head then runs once over the whole batch, so its weights (4-5 MB,
         // which do not stay in cache between images) are read once per batch.
         let f = self.head_fc.in_features();
+        let act_len = self.activation_len([1, c, h, w])?;
         let mut feats = std::mem::take(&mut ws.feats);
-        let result = self.batch_features(input, grow(&mut feats, n * f), by_images, threads, ws);
+        let split = ImageSplit { by_images, threads, act_len };
+        let result = self.batch_features(input, grow(&mut feats, n * f), split, ws);
         let result = result.and_then(|()| {
             let y = logits.as_mut_slice();
             self.head_fc.forward_batch_isa(self.isa(), &feats[..n * f], y, &mut ws.head_tmp)
@@ -615,10 +627,10 @@ impl MobileOne {
         &self,
         input: TensorView<'_>,
         feats: &mut [f32],
-        by_images: usize,
-        threads: usize,
+        split: ImageSplit,
         ws: &mut Workspace,
     ) -> Result<()> {
+        let ImageSplit { by_images, threads, act_len } = split;
         let [n, c, h, w] = input.shape();
         let (image, f) = (c * h * w, feats.len() / n.max(1));
         let x = input.as_slice();
@@ -634,7 +646,7 @@ impl MobileOne {
             let slot = rayon::current_thread_index().unwrap_or(0) % per_thread.len();
             let mut wsi = per_thread[slot].lock().unwrap_or_else(|e| e.into_inner());
             crate::parallel::serial_scope(|| {
-                self.image_features(TensorView::new([1, c, h, w], xi)?, fi, &mut wsi)
+                self.image_features(TensorView::new([1, c, h, w], xi)?, fi, act_len, &mut wsi)
             })
         })?;
         // The rest one image at a time, each layer split across the threads.
@@ -642,29 +654,36 @@ impl MobileOne {
         // activations stay in the caches (S0, batch 32, one thread, Zen 5:
         // 106 ms layer by layer over the batch, 82 ms image by image).
         for (xi, fi) in x_rest.chunks_exact(image).zip(f_rest.chunks_exact_mut(f)) {
-            self.image_features(TensorView::new([1, c, h, w], xi)?, fi, ws)?;
+            self.image_features(TensorView::new([1, c, h, w], xi)?, fi, act_len, ws)?;
         }
         Ok(())
     }
 
-    /// The globally average-pooled features of one checked image (`[1, c, h,
-    /// w]`) into `feats` (the head's `in_features` long), each layer split
-    /// across the threads when [`crate::parallel::may_fork`].
-    fn image_features(
-        &self,
-        input: TensorView<'_>,
-        feats: &mut [f32],
-        ws: &mut Workspace,
-    ) -> Result<()> {
-        // Largest activation (shapes already validated above).
-        let mut shape = input.shape();
+    /// Floats of the largest activation of one image of `shape` (already
+    /// validated by [`output_shape`](Self::output_shape)).
+    fn activation_len(&self, mut shape: [usize; 4]) -> Result<usize> {
         let mut max_len = 0;
         for b in self.iter_blocks() {
             shape = b.output_shape(shape)?;
             max_len = max_len.max(crate::tensor::checked_numel("activation", shape)?);
         }
+        Ok(max_len)
+    }
+
+    /// The globally average-pooled features of one checked image (`[1, c, h,
+    /// w]`) into `feats` (the head's `in_features` long), each layer split
+    /// across the threads when [`crate::parallel::may_fork`]. Activations
+    /// ping-pong between the two buffers of `ws`, `act_len` floats each
+    /// ([`activation_len`](Self::activation_len)).
+    fn image_features(
+        &self,
+        input: TensorView<'_>,
+        feats: &mut [f32],
+        act_len: usize,
+        ws: &mut Workspace,
+    ) -> Result<()> {
         let Workspace { act: [a, b], scratch, .. } = ws;
-        let (mut src, mut dst) = (a.get(max_len)?, b.get(max_len)?);
+        let (mut src, mut dst) = (a.get(act_len)?, b.get(act_len)?);
 
         // When this thread runs every layer alone, the next block's weights
         // are prefetched while the current block computes: the ~8 MB of

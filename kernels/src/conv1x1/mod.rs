@@ -235,9 +235,11 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
             // reduction step (Zen 5, AVX-512, 512 -> 1280 channels on 7x7,
             // whose 49th column is this tail: 285 -> 269 µs).
             let panel = &mut scratch[..k * r];
-            for (kk, row) in panel.chunks_exact_mut(r.max(1)).enumerate() {
-                let src = brows.at(kk) + col0;
-                row.copy_from_slice(&b[src..src + r]);
+            if r > 0 {
+                for (kk, row) in panel.chunks_exact_mut(r).enumerate() {
+                    let src = brows.at(kk) + col0;
+                    row.copy_from_slice(&b[src..src + r]);
+                }
             }
             let panel = &*panel;
             for blk in 0..blocks {
