@@ -126,7 +126,7 @@ impl Job for PreparePlane<'_> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
-        prepare_plane_body(self.g, self.x, self.index, self.dst)
+        prepare_plane_body::<V>(self.g, self.x, self.index, self.dst)
     }
 }
 
@@ -141,7 +141,7 @@ pub fn prepare_plane(isa: Isa, g: &Geometry, x: &[f32], index: usize, dst: &mut 
 }
 
 #[inline(always)]
-fn prepare_plane_body(g: &Geometry, x: &[f32], index: usize, dst: &mut [f32]) {
+fn prepare_plane_body<V: Vector>(g: &Geometry, x: &[f32], index: usize, dst: &mut [f32]) {
     g.check();
     let Geometry { cin, h, w, stride: s } = *g;
     assert_eq!(x.len(), cin * h * w, "input length");
@@ -170,16 +170,42 @@ fn prepare_plane_body(g: &Geometry, x: &[f32], index: usize, dst: &mut [f32]) {
         if s == 1 {
             qrow[j_lo..j_hi].copy_from_slice(&src[c_lo..c_lo + len]);
         } else {
-            // Every other input column: pairs, so LLVM turns it into shuffles.
-            let dst_run = &mut qrow[j_lo..j_hi];
-            let pairs = (src.len() - c_lo) / 2;
-            for (q, pair) in dst_run.iter_mut().zip(src[c_lo..].chunks_exact(2)) {
-                *q = pair[0];
-            }
-            if pairs < len {
-                dst_run[len - 1] = src[c_lo + 2 * (len - 1)];
-            }
+            split_columns::<V>(&src[c_lo..], &mut qrow[j_lo..j_hi]);
         }
+    }
+}
+
+/// Every other float of `src` from the first: `dst[j] = src[2 * j]`
+/// (`src` holds `2 * dst.len() - 1` floats or more).
+///
+/// Where a lane permute is one instruction (AVX-512's `vpermt2ps`) each
+/// vector of `dst` is the even lanes of two loads; LLVM's vectorisation of
+/// the scalar loop made the stem's phase split 10% of the stem's time.
+#[inline(always)]
+fn split_columns<V: Vector>(src: &[f32], dst: &mut [f32]) {
+    let lanes = V::LANES;
+    let n = dst.len();
+    if !V::ONE_INSTRUCTION_PICK2 || n < lanes || src.len() < 2 * lanes {
+        for (q, &v) in dst.iter_mut().zip(src.iter().step_by(2)) {
+            *q = v;
+        }
+        return;
+    }
+    let even = V::index(|l| 2 * l as u32);
+    let mut j = 0;
+    while j + lanes <= n && 2 * (j + lanes) <= src.len() {
+        V::pick2(V::load(src, 2 * j), V::load(src, 2 * j + lanes), even).store(dst, j);
+        j += lanes;
+    }
+    if j < n {
+        // The last vector, overlapping the previous one (it rewrites equal
+        // values). When `src` has `2 n - 1` floats the loads start one float
+        // earlier and take the odd lanes instead.
+        let j = n - lanes;
+        let at = (2 * j).min(src.len() - 2 * lanes);
+        let shift = (2 * j - at) as u32;
+        let pick = V::index(|l| 2 * l as u32 + shift);
+        V::pick2(V::load(src, at), V::load(src, at + lanes), pick).store(dst, j);
     }
 }
 
@@ -283,8 +309,9 @@ fn conv3x3_body<V: Vector, const MR: usize, const NRV: usize, A: Act>(args: Conv
         // Row-aligned tiles: each output row on its own, in NR-wide tiles and
         // one narrower last tile; no dropped columns are computed at all.
         for oy in 0..oh {
-            for ox0 in (0..ow).step_by(nr) {
-                let cols = (ow - ox0).min(nr);
+            let mut ox0 = 0;
+            while ox0 < ow {
+                let cols = row_tile_cols(ow - ox0, lanes, NRV);
                 let q0 = oy * wq + ox0;
                 for blk in 0..blocks {
                     let pk = &packed[blk * block_len..(blk + 1) * block_len];
@@ -316,6 +343,7 @@ fn conv3x3_body<V: Vector, const MR: usize, const NRV: usize, A: Act>(args: Conv
                         );
                     }
                 }
+                ox0 += cols;
             }
         }
         return;
@@ -390,6 +418,16 @@ fn conv3x3_body<V: Vector, const MR: usize, const NRV: usize, A: Act>(args: Conv
             copy_runs::<V>(&tile, nr, &runs[..nruns], valid_rows, output, blk * MR, oh * ow);
         }
     }
+}
+
+/// Width of the next row-aligned tile when `left` pixels of the row remain:
+/// full `NRV`-vector tiles, except that `NRV + 1` remaining vectors become
+/// two tiles of about half (a 112-pixel stem row is 48 + 32 + 32, not
+/// 48 + 48 + 16: a one-vector tile loads a vector and `MR` weights for only
+/// `MR` FMAs, and ran the stem's last 16 columns at half the speed).
+fn row_tile_cols(left: usize, lanes: usize, nrv: usize) -> usize {
+    let vectors = left.div_ceil(lanes);
+    if nrv >= 3 && vectors == nrv + 1 { vectors / 2 * lanes } else { left.min(nrv * lanes) }
 }
 
 /// Whether row-aligned tiles use the lanes at least as well as flat tiles:
