@@ -317,7 +317,7 @@ fn conv3x3_body<V: Vector, const MR: usize, const NRV: usize, A: Act>(args: Conv
                     let pk = &packed[blk * block_len..(blk + 1) * block_len];
                     let off = blk * MR * oh * ow + oy * ow + ox0;
                     let valid_rows = (m - blk * MR).min(MR);
-                    let direct = valid_rows == MR && cols % lanes == 0;
+                    let direct = valid_rows == MR && cols.is_multiple_of(lanes);
                     let (c, c_off, ldc): (&mut [f32], usize, usize) =
                         if direct { (&mut *output, off, oh * ow) } else { (&mut tile, 0, nr) };
                     match cols.div_ceil(lanes) {
