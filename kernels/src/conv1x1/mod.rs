@@ -18,15 +18,19 @@
 //! one column tile so the `k x NR` panel of `B` stays in L1 across blocks.
 //! Full tiles are stored straight into `C`; a column tail of whole vectors is
 //! read straight from `B`, its last 1-4 columns go through a GEMV along the
-//! channels, and other tails are copied into a zero-padded panel (no garbage
-//! lanes, no reads past `B`); any partial tile is computed into a stack tile of
-//! which only the valid part is copied out.
+//! channels (with 32 registers, inside the last full tile of each block:
+//! `conv1x1_tile_plus`), and other tails are copied into a
+//! zero-padded panel (no garbage lanes, no reads past `B`); any partial tile
+//! is computed into a stack tile of which only the valid part is copied out.
+//! The last full tile and a GEMV tail run block by block, so a block's
+//! weights are read once while they are in L1 (a separate tail pass read all
+//! of them again from L3).
 
 #![allow(non_snake_case)]
 
 mod microkernel;
 
-pub(crate) use microkernel::{Rows, Strided, Table, conv1x1_tile, fits};
+pub(crate) use microkernel::{Rows, Strided, Table, conv1x1_tile, conv1x1_tile_plus, fits};
 
 use crate::act::{Act, Activation, with_act};
 use crate::isa::{Isa, Job, Vector, dispatch};
@@ -203,121 +207,221 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
     assert!((m - 1).checked_mul(ldc).is_some_and(|r| fits(r, n, c.len())), "output too short");
     assert!(k.checked_mul(nr).is_some_and(|len| scratch.len() >= len), "scratch too short");
 
-    // LOOP 1: column tiles of NR pixels.
-    let mut n0 = 0;
-    while n0 < n {
-        let cols = (n - n0).min(nr);
-        if cols == nr {
-            // LOOP 2: row blocks over one full-width column panel of B.
-            for blk in 0..blocks {
-                let pk = &packed[blk * block_len..(blk + 1) * block_len];
-                let rows = (m - blk * MR).min(MR);
-                if rows == MR {
-                    let off = blk * MR * ldc + n0;
-                    conv1x1_tile::<V, MR, NRV, A, R>(k, pk, b, n0, brows, max_row, c, off, ldc);
-                } else {
-                    let mut tile = [0.0f32; MAX_TILE];
-                    conv1x1_tile::<V, MR, NRV, A, R>(
-                        k, pk, b, n0, brows, max_row, &mut tile, 0, nr,
-                    );
-                    copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + n0, ldc);
-                }
-            }
-        } else if cols % lanes <= GEMV_MAX_COLS {
-            // Column tail of whole vectors plus at most GEMV_MAX_COLS columns:
-            // the vectors straight from `b` (they are in bounds), the last few
-            // columns as a matrix-vector product along the channels, instead
-            // of a whole vector per row for one to four useful lanes.
-            let nv = cols / lanes;
-            let (r, col0) = (cols % lanes, n0 + nv * lanes);
-            // The GEMV's columns, copied once into a `k x r` panel: read in
-            // place, every row block fetched them again, one cache line per
-            // reduction step (Zen 5, AVX-512, 512 -> 1280 channels on 7x7,
-            // whose 49th column is this tail: 285 -> 269 µs).
-            let panel = &mut scratch[..k * r];
-            if r > 0 {
-                for (kk, row) in panel.chunks_exact_mut(r).enumerate() {
-                    let src = brows.at(kk) + col0;
-                    row.copy_from_slice(&b[src..src + r]);
-                }
-            }
-            let panel = &*panel;
-            for blk in 0..blocks {
-                let pk = &packed[blk * block_len..(blk + 1) * block_len];
-                let rows = (m - blk * MR).min(MR);
-                if nv > 0 {
-                    let mut tile = [0.0f32; MAX_TILE];
-                    let direct = rows == MR;
-                    let (cc, off, ld): (&mut [f32], usize, usize) = if direct {
-                        (&mut *c, blk * MR * ldc + n0, ldc)
-                    } else {
-                        (&mut tile, 0, nr)
-                    };
-                    match nv {
-                        1 => conv1x1_tile::<V, MR, 1, A, R>(
-                            k, pk, b, n0, brows, max_row, cc, off, ld,
-                        ),
-                        _ => conv1x1_tile::<V, MR, 2, A, R>(
-                            k, pk, b, n0, brows, max_row, cc, off, ld,
-                        ),
-                    }
-                    if !direct {
-                        copy_tile(&tile, nr, rows, nv * lanes, c, blk * MR * ldc + n0, ldc);
-                    }
-                }
-                let mut put = |j: usize, col: &[f32; 8]| {
-                    for (i, v) in col.iter().enumerate().take(rows) {
-                        c[(blk * MR + i) * ldc + col0 + j] = A::apply_scalar(*v);
-                    }
-                };
-                match r {
-                    0 => {}
-                    1 => gemv_cols::<V::V8, MR, 1, _>(k, pk, panel, Strided(r), 0)
-                        .iter()
-                        .enumerate()
-                        .for_each(|(j, v)| put(j, v)),
-                    2 => gemv_cols::<V::V8, MR, 2, _>(k, pk, panel, Strided(r), 0)
-                        .iter()
-                        .enumerate()
-                        .for_each(|(j, v)| put(j, v)),
-                    3 => gemv_cols::<V::V8, MR, 3, _>(k, pk, panel, Strided(r), 0)
-                        .iter()
-                        .enumerate()
-                        .for_each(|(j, v)| put(j, v)),
-                    _ => gemv_cols::<V::V8, MR, 4, _>(k, pk, panel, Strided(r), 0)
-                        .iter()
-                        .enumerate()
-                        .for_each(|(j, v)| put(j, v)),
-                }
-            }
-        } else {
-            // Column tail: a zero-padded k x width panel, so every lane the
-            // micro-kernel reads is a real zero, then narrow tiles over it.
-            let nrv = cols.div_ceil(lanes);
-            let width = nrv * lanes;
-            let panel = &mut scratch[..k * width];
-            for kk in 0..k {
-                let row = &mut panel[kk * width..(kk + 1) * width];
-                let src = brows.at(kk) + n0;
-                row[..cols].copy_from_slice(&b[src..src + cols]);
-                row[cols..].fill(0.0);
-            }
-            let prows = Strided(width);
-            let pmax = k.saturating_sub(1) * width;
-            for blk in 0..blocks {
-                let pk = &packed[blk * block_len..(blk + 1) * block_len];
-                let rows = (m - blk * MR).min(MR);
-                let mut tile = [0.0f32; MAX_TILE];
-                let t = &mut tile;
-                match nrv {
-                    1 => conv1x1_tile::<V, MR, 1, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
-                    2 => conv1x1_tile::<V, MR, 2, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
-                    _ => conv1x1_tile::<V, MR, NRV, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
-                }
-                copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + n0, ldc);
+    let t = TileArgs { k, b, brows, max_row, ldc, m, block_len, nr };
+    let tail = n % nr;
+    let full_end = n - tail;
+    // A tail of whole vectors plus at most GEMV_MAX_COLS columns: the vectors
+    // straight from `b` (they are in bounds), the last few columns as a
+    // matrix-vector product along the channels, instead of a whole vector
+    // per row for one to four useful lanes. It runs block by block right
+    // after the last full tile, while the block's weights are still in L1/L2:
+    // a separate pass read all the weights again from L3 (512 -> 1280
+    // channels on 7x7, one tail column: the pass cost 8% of the layer).
+    let gemv_tail = tail > 0 && tail % lanes <= GEMV_MAX_COLS;
+    let last_full = (gemv_tail && full_end > 0).then(|| full_end - nr);
+
+    // LOOP 1: full column tiles of NR pixels; LOOP 2: the row blocks over
+    // one column panel of B (it stays in L1 across blocks).
+    for n0 in (0..last_full.unwrap_or(full_end)).step_by(nr) {
+        for blk in 0..blocks {
+            full_tile::<V, MR, NRV, A, R>(&t, packed, c, n0, blk);
+        }
+    }
+    if gemv_tail {
+        let (nv, r) = (tail / lanes, tail % lanes);
+        let col0 = full_end + nv * lanes;
+        // With 32 registers the last full tile of each whole block computes
+        // the GEMV columns too ([`conv1x1_tile_plus`]); other blocks run the
+        // GEMV on its own.
+        let fuse =
+            last_full.is_some() && V::REGISTERS >= 32 && <V::V8 as Vector>::LANES == MR && r > 0;
+        // The GEMV's columns, copied once into a `k x r` panel: read in
+        // place, every row block fetched them again, one cache line per
+        // reduction step (512 -> 1280 channels on 7x7: 285 -> 269 µs).
+        let panel = &mut scratch[..k * r];
+        if r > 0 && !(fuse && m.is_multiple_of(MR)) {
+            for (kk, row) in panel.chunks_exact_mut(r).enumerate() {
+                let src = brows.at(kk) + col0;
+                row.copy_from_slice(&b[src..src + r]);
             }
         }
-        n0 += cols;
+        let panel = &*panel;
+        for blk in 0..blocks {
+            let full_rows = (m - blk * MR) >= MR;
+            match last_full {
+                Some(n0) if fuse && full_rows && r > 0 => {
+                    let extra = col0 - n0;
+                    tile_plus::<V, MR, NRV, A, R>(&t, packed, c, n0, blk, r, extra);
+                }
+                Some(n0) => full_tile::<V, MR, NRV, A, R>(&t, packed, c, n0, blk),
+                None => {}
+            }
+            if nv > 0 {
+                vector_tail::<V, MR, A, R>(&t, packed, c, full_end, nv, blk);
+            }
+            if r > 0 && !(fuse && full_rows && last_full.is_some()) {
+                gemv_block::<V, MR, A>(&t, packed, panel, r, c, col0, blk);
+            }
+        }
+    } else if tail > 0 {
+        // Column tail: a zero-padded k x width panel, so every lane the
+        // micro-kernel reads is a real zero, then narrow tiles over it.
+        let (n0, cols) = (full_end, tail);
+        let nrv = cols.div_ceil(lanes);
+        let width = nrv * lanes;
+        let panel = &mut scratch[..k * width];
+        for kk in 0..k {
+            let row = &mut panel[kk * width..(kk + 1) * width];
+            let src = brows.at(kk) + n0;
+            row[..cols].copy_from_slice(&b[src..src + cols]);
+            row[cols..].fill(0.0);
+        }
+        let prows = Strided(width);
+        let pmax = k.saturating_sub(1) * width;
+        for blk in 0..blocks {
+            let pk = &packed[blk * block_len..(blk + 1) * block_len];
+            let rows = (m - blk * MR).min(MR);
+            let mut tile = [0.0f32; MAX_TILE];
+            let t = &mut tile;
+            match nrv {
+                1 => conv1x1_tile::<V, MR, 1, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
+                2 => conv1x1_tile::<V, MR, 2, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
+                _ => conv1x1_tile::<V, MR, NRV, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
+            }
+            copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + n0, ldc);
+        }
+    }
+}
+
+/// What every tile of one GEMM shares.
+struct TileArgs<'a, R: Rows> {
+    k: usize,
+    b: &'a [f32],
+    brows: R,
+    max_row: usize,
+    ldc: usize,
+    m: usize,
+    block_len: usize,
+    nr: usize,
+}
+
+/// The full `MR x NR` tile of block `blk` at columns `n0..n0 + NR`: straight
+/// into `c`, or through a stack tile for a last block with fewer rows.
+#[inline(always)]
+fn full_tile<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
+    t: &TileArgs<'_, R>,
+    packed: &[f32],
+    c: &mut [f32],
+    n0: usize,
+    blk: usize,
+) {
+    let TileArgs { k, b, brows, max_row, ldc, m, block_len, nr } = *t;
+    let pk = &packed[blk * block_len..(blk + 1) * block_len];
+    let rows = (m - blk * MR).min(MR);
+    if rows == MR {
+        let off = blk * MR * ldc + n0;
+        conv1x1_tile::<V, MR, NRV, A, R>(k, pk, b, n0, brows, max_row, c, off, ldc);
+    } else {
+        let mut tile = [0.0f32; MAX_TILE];
+        conv1x1_tile::<V, MR, NRV, A, R>(k, pk, b, n0, brows, max_row, &mut tile, 0, nr);
+        copy_tile(&tile, nr, rows, nr, c, blk * MR * ldc + n0, ldc);
+    }
+}
+
+/// [`full_tile`] of a whole block fused with the `r` GEMV columns that start
+/// `extra` columns after `n0` ([`conv1x1_tile_plus`]).
+#[inline(always)]
+fn tile_plus<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
+    t: &TileArgs<'_, R>,
+    packed: &[f32],
+    c: &mut [f32],
+    n0: usize,
+    blk: usize,
+    r: usize,
+    extra: usize,
+) {
+    let TileArgs { k, b, brows, max_row, ldc, block_len, .. } = *t;
+    let pk = &packed[blk * block_len..(blk + 1) * block_len];
+    let off = blk * MR * ldc + n0;
+    match r {
+        1 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 1, A, R>(
+            k, pk, b, n0, brows, max_row, c, off, ldc, extra,
+        ),
+        2 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 2, A, R>(
+            k, pk, b, n0, brows, max_row, c, off, ldc, extra,
+        ),
+        3 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 3, A, R>(
+            k, pk, b, n0, brows, max_row, c, off, ldc, extra,
+        ),
+        _ => conv1x1_tile_plus::<V, V::V8, MR, NRV, 4, A, R>(
+            k, pk, b, n0, brows, max_row, c, off, ldc, extra,
+        ),
+    }
+}
+
+/// The `nv` (1 or 2) whole vectors of a column tail at `n0`, block `blk`.
+#[inline(always)]
+fn vector_tail<V: Vector, const MR: usize, A: Act, R: Rows>(
+    t: &TileArgs<'_, R>,
+    packed: &[f32],
+    c: &mut [f32],
+    n0: usize,
+    nv: usize,
+    blk: usize,
+) {
+    let TileArgs { k, b, brows, max_row, ldc, m, block_len, nr } = *t;
+    let pk = &packed[blk * block_len..(blk + 1) * block_len];
+    let rows = (m - blk * MR).min(MR);
+    let mut tile = [0.0f32; MAX_TILE];
+    let direct = rows == MR;
+    let (cc, off, ld): (&mut [f32], usize, usize) =
+        if direct { (&mut *c, blk * MR * ldc + n0, ldc) } else { (&mut tile, 0, nr) };
+    match nv {
+        1 => conv1x1_tile::<V, MR, 1, A, R>(k, pk, b, n0, brows, max_row, cc, off, ld),
+        _ => conv1x1_tile::<V, MR, 2, A, R>(k, pk, b, n0, brows, max_row, cc, off, ld),
+    }
+    if !direct {
+        copy_tile(&tile, nr, rows, nv * V::LANES, c, blk * MR * ldc + n0, ldc);
+    }
+}
+
+/// The `r` GEMV columns at `col0` of one block, 8 lanes per vector.
+#[inline(always)]
+fn gemv_block<V: Vector, const MR: usize, A: Act>(
+    t: &TileArgs<'_, impl Rows>,
+    packed: &[f32],
+    panel: &[f32],
+    r: usize,
+    c: &mut [f32],
+    col0: usize,
+    blk: usize,
+) {
+    let (k, ldc, block_len) = (t.k, t.ldc, t.block_len);
+    let pk = &packed[blk * block_len..(blk + 1) * block_len];
+    let rows = (t.m - blk * MR).min(MR);
+    let mut put = |j: usize, col: &[f32; 8]| {
+        for (i, v) in col.iter().enumerate().take(rows) {
+            c[(blk * MR + i) * ldc + col0 + j] = A::apply_scalar(*v);
+        }
+    };
+    let p = Strided(r);
+    match r {
+        1 => gemv_cols::<V::V8, MR, 1, _>(k, pk, panel, p, 0)
+            .iter()
+            .enumerate()
+            .for_each(|(j, v)| put(j, v)),
+        2 => gemv_cols::<V::V8, MR, 2, _>(k, pk, panel, p, 0)
+            .iter()
+            .enumerate()
+            .for_each(|(j, v)| put(j, v)),
+        3 => gemv_cols::<V::V8, MR, 3, _>(k, pk, panel, p, 0)
+            .iter()
+            .enumerate()
+            .for_each(|(j, v)| put(j, v)),
+        _ => gemv_cols::<V::V8, MR, 4, _>(k, pk, panel, p, 0)
+            .iter()
+            .enumerate()
+            .for_each(|(j, v)| put(j, v)),
     }
 }
 
