@@ -58,9 +58,6 @@ struct Pairs<V: Vector> {
     /// `x` is that of column `x - 1` shifted one lane up, and zero for column
     /// 0 — one permute and no mask.
     shift: V::Index,
-    /// Whether `shift` applies to the centre taps (stride 1) or the right
-    /// taps (stride 2).
-    shift_centre: bool,
     /// Low half from the first source, high half from the second.
     halves: V::Index,
     /// The high half moved down to lanes `0..H`.
@@ -85,7 +82,6 @@ impl<V: Vector> Pairs<V> {
         Pairs {
             tap: [tap(1), tap(2)],
             shift: V::index(|j| if j % h == 0 { 0 } else { (l + j - 1) as u32 }),
-            shift_centre: stride == 1,
             halves: V::index(|j| if j < h { j as u32 } else { (l + j - h) as u32 }),
             down: V::index(|j| (h + j % h) as u32),
             mask_r: right_past_row.then(|| lane_mask(|j| j % h == ow - 1)),
@@ -113,9 +109,33 @@ pub(super) fn dw3x3_pairs<V: Vector, A: Act>(stride: usize, args: Dw3x3Args<'_>)
             *kt = V::pick2(V::splat(lo), V::splat(hi), px.halves);
         }
         let planes = Planes { a: c * hw, b: two.then_some((c + 1) * hw), w };
-        pair_rows::<V, A>(&k, &px, input, &planes, [h, ow, stride], output, c * ohw, two);
+        // The stride, the right-tap mask and the pairing as constants: with
+        // them tested at run time in every row, the flag loads and branches
+        // outnumbered the FMAs (Zen 5, 1 thread, 14x14 stride 2: 61 -> 68-69 GFLOP/s; 7x7
+        // stride 1: 73-74 -> 77-79).
+        let rows = (&k, &px, input, &planes, [h, ow], &mut *output, c * ohw);
+        match (stride, px.mask_r.is_some(), two) {
+            (1, _, true) => pair_rows::<V, A, 1, true, true>(rows),
+            (1, _, false) => pair_rows::<V, A, 1, true, false>(rows),
+            (_, true, true) => pair_rows::<V, A, 2, true, true>(rows),
+            (_, true, false) => pair_rows::<V, A, 2, true, false>(rows),
+            (_, false, true) => pair_rows::<V, A, 2, false, true>(rows),
+            (_, false, false) => pair_rows::<V, A, 2, false, false>(rows),
+        }
     }
 }
+
+/// What [`pair_rows`] reads and writes: weights, permutes, the input, the
+/// two planes, `[h, ow]`, the output and the first output plane's offset.
+type PairRows<'a, V> = (
+    &'a [V; PACKED_PER_CHANNEL],
+    &'a Pairs<V>,
+    &'a [f32],
+    &'a Planes,
+    [usize; 2],
+    &'a mut [f32],
+    usize,
+);
 
 /// Where the two channels' input planes start (`b` is `None` for a last,
 /// unpaired channel, whose high half computes on zeros and is not stored).
@@ -125,20 +145,26 @@ struct Planes {
     w: usize,
 }
 
-/// The taps of input row `y` of both channels.
+/// The taps of input row `y` of both channels at stride `S` (`MASK`: clear
+/// the last column's right tap; `TWO`: the second channel exists).
 #[inline(always)]
-fn taps<V: Vector>(px: &Pairs<V>, input: &[f32], planes: &Planes, y: usize) -> RowTaps<V> {
+fn taps<V: Vector, const S: usize, const MASK: bool, const TWO: bool>(
+    px: &Pairs<V>,
+    input: &[f32],
+    planes: &Planes,
+    y: usize,
+) -> RowTaps<V> {
     let a: V = load_row(input, planes.a + y * planes.w);
     let b: V = match planes.b {
-        Some(b) => load_row(input, b + y * planes.w),
-        None => V::zero(),
+        Some(b) if TWO => load_row(input, b + y * planes.w),
+        _ => V::zero(),
     };
     let centre = V::pick2(a, b, px.tap[0]);
     let right = V::pick2(a, b, px.tap[1]);
-    let left = V::pick2(V::zero(), if px.shift_centre { centre } else { right }, px.shift);
+    let left = V::pick2(V::zero(), if S == 1 { centre } else { right }, px.shift);
     let right = match px.mask_r {
-        Some(m) => right.and(m),
-        None => right,
+        Some(m) if MASK => right.and(m),
+        _ => right,
     };
     (left, centre, right)
 }
@@ -175,35 +201,32 @@ fn store_row<V: Vector>(
     }
 }
 
-/// All output rows of one channel pair. Output row `oy` reads input rows
-/// `s*oy - 1`, `s*oy`, `s*oy + 1`; the taps of the rows the previous output
-/// row already read are carried (stride 1: two of them, stride 2: one).
-#[allow(clippy::too_many_arguments)]
+/// All output rows of one channel pair at stride `S`. Output row `oy` reads
+/// input rows `S*oy - 1`, `S*oy`, `S*oy + 1`; the taps of the rows the
+/// previous output row already read are carried (stride 1: two of them,
+/// stride 2: one).
 #[inline(always)]
-fn pair_rows<V: Vector, A: Act>(
-    k: &[V; PACKED_PER_CHANNEL],
-    px: &Pairs<V>,
-    input: &[f32],
-    planes: &Planes,
-    [h, ow, s]: [usize; 3],
-    out: &mut [f32],
-    ob: usize,
-    two: bool,
+fn pair_rows<V: Vector, A: Act, const S: usize, const MASK: bool, const TWO: bool>(
+    (k, px, input, planes, [h, ow], out, ob): PairRows<'_, V>,
 ) {
     let zero = (V::zero(), V::zero(), V::zero());
-    let oh = out_dim(h, s);
-    // Taps of rows s*oy - 1 and (at stride 1) s*oy, carried over.
+    let oh = out_dim(h, S);
+    // Taps of rows S*oy - 1 and (at stride 1) S*oy, carried over.
     let mut above = zero;
-    let mut next = if s == 1 { taps(px, input, planes, 0) } else { zero };
+    let mut next = if S == 1 { taps::<V, S, MASK, TWO>(px, input, planes, 0) } else { zero };
     for oy in 0..oh {
-        let cur = if s == 1 { next } else { taps(px, input, planes, s * oy) };
-        let below = if s * oy + 1 < h { taps(px, input, planes, s * oy + 1) } else { zero };
+        let cur = if S == 1 { next } else { taps::<V, S, MASK, TWO>(px, input, planes, S * oy) };
+        let below = if S * oy + 1 < h {
+            taps::<V, S, MASK, TWO>(px, input, planes, S * oy + 1)
+        } else {
+            zero
+        };
         let mut acc = (V::zero(), k[0], V::zero());
         add(k, 0, above, &mut acc);
         add(k, 1, cur, &mut acc);
         add(k, 2, below, &mut acc);
-        store_row(px, finish::<V, A>(acc), out, ob, oh * ow, oy, ow, two);
-        above = if s == 1 { cur } else { below };
+        store_row(px, finish::<V, A>(acc), out, ob, oh * ow, oy, ow, TWO);
+        above = if S == 1 { cur } else { below };
         next = below;
     }
 }
