@@ -220,75 +220,118 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
     let gemv_tail = tail > 0 && tail % lanes <= GEMV_MAX_COLS;
     let last_full = (gemv_tail && full_end > 0).then(|| full_end - nr);
 
-    // LOOP 1: full column tiles of NR pixels; LOOP 2: the row blocks over
-    // one column panel of B (it stays in L1 across blocks).
-    for n0 in (0..last_full.unwrap_or(full_end)).step_by(nr) {
-        for blk in 0..blocks {
-            full_tile::<V, MR, NRV, A, R>(&t, packed, c, n0, blk);
-        }
-    }
-    if gemv_tail {
+    // The tail's columns, copied once into a panel that every block reads.
+    let tail_kind = if gemv_tail {
         let (nv, r) = (tail / lanes, tail % lanes);
         let col0 = full_end + nv * lanes;
         // With 32 registers the last full tile of each whole block computes
         // the GEMV columns too ([`conv1x1_tile_plus`]); other blocks run the
-        // GEMV on its own.
-        let fuse =
-            last_full.is_some() && V::REGISTERS >= 32 && <V::V8 as Vector>::LANES == MR && r > 0;
-        // The GEMV's columns, copied once into a `k x r` panel: read in
+        // GEMV on its own, over a `k x r` panel of the columns: read in
         // place, every row block fetched them again, one cache line per
         // reduction step (512 -> 1280 channels on 7x7: 285 -> 269 µs).
-        let panel = &mut scratch[..k * r];
+        let fuse =
+            last_full.is_some() && V::REGISTERS >= 32 && <V::V8 as Vector>::LANES == MR && r > 0;
         if r > 0 && !(fuse && m.is_multiple_of(MR)) {
-            for (kk, row) in panel.chunks_exact_mut(r).enumerate() {
+            for (kk, row) in scratch[..k * r].chunks_exact_mut(r).enumerate() {
                 let src = brows.at(kk) + col0;
                 row.copy_from_slice(&b[src..src + r]);
             }
         }
-        let panel = &*panel;
+        Tail::Gemv { nv, r, col0, fuse }
+    } else if tail > 0 {
+        // A zero-padded k x width panel, so every lane the micro-kernel reads
+        // is a real zero, then narrow tiles over it.
+        let width = tail.div_ceil(lanes) * lanes;
+        for (kk, row) in scratch[..k * width].chunks_exact_mut(width).enumerate() {
+            let src = brows.at(kk) + full_end;
+            row[..tail].copy_from_slice(&b[src..src + tail]);
+            row[tail..].fill(0.0);
+        }
+        Tail::Padded { cols: tail, width }
+    } else {
+        Tail::None
+    };
+    let ends = TileEnds { last_full, full_end };
+    let scratch = &*scratch;
+    let main_end = last_full.unwrap_or(full_end);
+    // LOOP 1: full column tiles of NR pixels; LOOP 2: the row blocks over
+    // one column panel of B (it stays in L1/L2 across blocks). Row blocks
+    // outside the column tiles when all of B fits in L2 (each block's weights
+    // read once) measured no faster, on layers or on the networks.
+    for n0 in (0..main_end).step_by(nr) {
         for blk in 0..blocks {
+            full_tile::<V, MR, NRV, A, R>(&t, packed, c, n0, blk);
+        }
+    }
+    for blk in 0..blocks {
+        tail_block::<V, MR, NRV, A, R>(&t, packed, c, blk, &tail_kind, ends, scratch);
+    }
+}
+
+/// The columns past the full tiles, and how they run.
+enum Tail {
+    /// None: `n` is a multiple of the tile width.
+    None,
+    /// `nv` whole vectors read in place, then `r` columns from `col0` as a
+    /// GEMV (inside the last full tile when `fuse`).
+    Gemv { nv: usize, r: usize, col0: usize, fuse: bool },
+    /// `cols` columns through a zero-padded panel `width` wide.
+    Padded { cols: usize, width: usize },
+}
+
+/// Where the full tiles end: `full_end`, and the last full tile's first
+/// column when a GEMV tail runs right after it, block by block.
+#[derive(Clone, Copy)]
+struct TileEnds {
+    last_full: Option<usize>,
+    full_end: usize,
+}
+
+/// Block `blk`'s last full tile (when a GEMV tail follows it) and its tail.
+#[inline(always)]
+fn tail_block<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
+    t: &TileArgs<'_, R>,
+    packed: &[f32],
+    c: &mut [f32],
+    blk: usize,
+    tail: &Tail,
+    TileEnds { last_full, full_end }: TileEnds,
+    panel: &[f32],
+) {
+    let TileArgs { k, ldc, m, block_len, nr, .. } = *t;
+    match *tail {
+        Tail::None => {}
+        Tail::Gemv { nv, r, col0, fuse } => {
             let full_rows = (m - blk * MR) >= MR;
+            let fused = fuse && full_rows && last_full.is_some();
             match last_full {
-                Some(n0) if fuse && full_rows && r > 0 => {
-                    let extra = col0 - n0;
-                    tile_plus::<V, MR, NRV, A, R>(&t, packed, c, n0, blk, r, extra);
+                Some(n0) if fused => {
+                    tile_plus::<V, MR, NRV, A, R>(t, packed, c, n0, blk, r, col0 - n0)
                 }
-                Some(n0) => full_tile::<V, MR, NRV, A, R>(&t, packed, c, n0, blk),
+                Some(n0) => full_tile::<V, MR, NRV, A, R>(t, packed, c, n0, blk),
                 None => {}
             }
             if nv > 0 {
-                vector_tail::<V, MR, A, R>(&t, packed, c, full_end, nv, blk);
+                vector_tail::<V, MR, A, R>(t, packed, c, full_end, nv, blk);
             }
-            if r > 0 && !(fuse && full_rows && last_full.is_some()) {
-                gemv_block::<V, MR, A>(&t, packed, panel, r, c, col0, blk);
+            if r > 0 && !fused {
+                gemv_block::<V, MR, A>(t, packed, &panel[..k * r], r, c, col0, blk);
             }
         }
-    } else if tail > 0 {
-        // Column tail: a zero-padded k x width panel, so every lane the
-        // micro-kernel reads is a real zero, then narrow tiles over it.
-        let (n0, cols) = (full_end, tail);
-        let nrv = cols.div_ceil(lanes);
-        let width = nrv * lanes;
-        let panel = &mut scratch[..k * width];
-        for kk in 0..k {
-            let row = &mut panel[kk * width..(kk + 1) * width];
-            let src = brows.at(kk) + n0;
-            row[..cols].copy_from_slice(&b[src..src + cols]);
-            row[cols..].fill(0.0);
-        }
-        let prows = Strided(width);
-        let pmax = k.saturating_sub(1) * width;
-        for blk in 0..blocks {
+        Tail::Padded { cols, width } => {
+            let panel = &panel[..k * width];
+            let prows = Strided(width);
+            let pmax = k.saturating_sub(1) * width;
             let pk = &packed[blk * block_len..(blk + 1) * block_len];
             let rows = (m - blk * MR).min(MR);
             let mut tile = [0.0f32; MAX_TILE];
-            let t = &mut tile;
-            match nrv {
-                1 => conv1x1_tile::<V, MR, 1, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
-                2 => conv1x1_tile::<V, MR, 2, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
-                _ => conv1x1_tile::<V, MR, NRV, A, _>(k, pk, panel, 0, prows, pmax, t, 0, nr),
+            let tl = &mut tile;
+            match width / V::LANES {
+                1 => conv1x1_tile::<V, MR, 1, A, _>(k, pk, panel, 0, prows, pmax, tl, 0, nr),
+                2 => conv1x1_tile::<V, MR, 2, A, _>(k, pk, panel, 0, prows, pmax, tl, 0, nr),
+                _ => conv1x1_tile::<V, MR, NRV, A, _>(k, pk, panel, 0, prows, pmax, tl, 0, nr),
             }
-            copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + n0, ldc);
+            copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + full_end, ldc);
         }
     }
 }
@@ -446,17 +489,23 @@ fn gemv_cols<G: Vector, const MR: usize, const RC: usize, R: Rows>(
     const { assert!(MR <= 8) };
     let w = &pk[MR..(k + 1) * MR];
     let mut acc = [[G::zero(); 4]; RC];
-    let k4 = k / 4 * 4;
+    // Steps whose `LANES` weights lie inside `w` (all of them when MR ==
+    // LANES; all but the last with AVX2's 6 rows in 8 lanes) load them
+    // whole; the rest copy through a buffer, outside the hot loop: with that
+    // copy's `memcpy` call inside it, the accumulators lived on the stack and
+    // the AVX2 tail of a 7x7 layer took 1.6x the time of its 48 columns.
+    let whole = if w.len() >= G::LANES { ((w.len() - G::LANES) / MR + 1).min(k) } else { 0 };
+    let k4 = whole / 4 * 4;
     for kk in (0..k4).step_by(4) {
         // Literal partial-sum indices (not a loop over `s`), so `acc` stays
         // in registers.
-        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk, 0, &mut acc);
-        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk + 1, 1, &mut acc);
-        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk + 2, 2, &mut acc);
-        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk + 3, 3, &mut acc);
+        gemv_step::<G, MR, RC, R, true>(w, b, rows, col0, kk, 0, &mut acc);
+        gemv_step::<G, MR, RC, R, true>(w, b, rows, col0, kk + 1, 1, &mut acc);
+        gemv_step::<G, MR, RC, R, true>(w, b, rows, col0, kk + 2, 2, &mut acc);
+        gemv_step::<G, MR, RC, R, true>(w, b, rows, col0, kk + 3, 3, &mut acc);
     }
     for kk in k4..k {
-        gemv_step::<G, MR, RC, R>(w, b, rows, col0, kk, kk - k4, &mut acc);
+        gemv_step::<G, MR, RC, R, false>(w, b, rows, col0, kk, kk % 4, &mut acc);
     }
     let bias = G::load_partial(&pk[..MR], 0);
     // A loop, not `acc.map(..)`: closures lose the ISA's target features.
@@ -473,7 +522,7 @@ fn gemv_cols<G: Vector, const MR: usize, const RC: usize, R: Rows>(
 /// features (none, for these generic bodies), so its intrinsics would not
 /// inline.
 #[inline(always)]
-fn gemv_step<G: Vector, const MR: usize, const RC: usize, R: Rows>(
+fn gemv_step<G: Vector, const MR: usize, const RC: usize, R: Rows, const WHOLE: bool>(
     w: &[f32],
     b: &[f32],
     rows: R,
@@ -483,7 +532,8 @@ fn gemv_step<G: Vector, const MR: usize, const RC: usize, R: Rows>(
     acc: &mut [[G; 4]; RC],
 ) {
     let at = kk * MR;
-    let wk = if at + G::LANES <= w.len() { G::load(w, at) } else { G::load_partial(w, at) };
+    let wk =
+        if WHOLE || at + G::LANES <= w.len() { G::load(w, at) } else { G::load_partial(w, at) };
     let base = rows.at(kk) + col0;
     let xs = &b[base..base + RC];
     for (a, &x) in acc.iter_mut().zip(xs) {
