@@ -279,6 +279,23 @@ pub(crate) trait Vector: Copy + Send + Sync + 'static {
         // SAFETY: the caller guarantees `p .. p + n` is writable, n <= LANES.
         unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), p, n.min(Self::LANES)) }
     }
+    /// Writes lanes `first..first + n` to `p .. p + n` and nothing else
+    /// (`first + n <= LANES`): one masked store on AVX-512 (no permute to
+    /// move the lanes down first), lane by lane elsewhere.
+    ///
+    /// # Safety
+    /// `p .. p + n` must be writable.
+    #[inline(always)]
+    unsafe fn store_lanes(self, p: *mut f32, first: usize, n: usize) {
+        let mut buf = [0.0f32; MAX_LANES];
+        // SAFETY: `buf` holds MAX_LANES >= LANES floats.
+        unsafe { self.store_ptr(buf.as_mut_ptr()) };
+        let first = first.min(Self::LANES);
+        let n = n.min(Self::LANES - first);
+        // SAFETY: the caller guarantees `p .. p + n` is writable; `first + n
+        // <= LANES` lanes of `buf` are read.
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr().add(first), p, n) }
+    }
     /// `a * b + c` on one float, fused where this ISA's vectors fuse (never a
     /// libm call).
     fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32;
@@ -313,6 +330,7 @@ pub(crate) fn dispatch<J: Job>(isa: Isa, job: J) -> J::Out {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lanes::Lanes;
 
     #[test]
     fn names_round_trip_and_unknown_is_an_error() {
@@ -322,6 +340,42 @@ mod tests {
         assert_eq!(Isa::from_name("sse9"), Err(IsaError::Unknown("sse9".into())));
         assert_eq!(Isa::from_name("portable"), Ok(Isa::portable()));
         assert_eq!(Isa::from_name("best"), Ok(Isa::best()));
+    }
+
+    /// `store_first` and `store_lanes` write exactly the lanes asked for,
+    /// where asked, on every ISA this CPU has (AVX-512's are masked stores
+    /// whose base address lies before the buffer).
+    #[test]
+    fn partial_stores_write_only_their_lanes() {
+        struct Check;
+        impl Job for Check {
+            type Out = ();
+            fn run<V: Vector>(self) {
+                let lanes = V::LANES;
+                let v = V::load(&core::array::from_fn::<f32, MAX_LANES, _>(|j| j as f32), 0);
+                for first in 0..=lanes {
+                    for n in 0..=lanes - first {
+                        // Sentinels around the n written floats.
+                        let mut buf = vec![-1.0f32; n + 2];
+                        // SAFETY: buf[1..1 + n] is writable.
+                        unsafe { v.store_lanes(buf.as_mut_ptr().add(1), first, n) };
+                        let want: Vec<f32> = (0..n).map(|i| (first + i) as f32).collect();
+                        assert_eq!(&buf[1..1 + n], &want[..], "first {first} n {n}");
+                        assert_eq!((buf[0], buf[n + 1]), (-1.0, -1.0), "first {first} n {n}");
+                        if first == 0 {
+                            let mut buf = vec![-1.0f32; n + 2];
+                            // SAFETY: as above.
+                            unsafe { v.store_first(buf.as_mut_ptr().add(1), n) };
+                            assert_eq!(&buf[1..1 + n], &want[..]);
+                            assert_eq!((buf[0], buf[n + 1]), (-1.0, -1.0));
+                        }
+                    }
+                }
+            }
+        }
+        for isa in Isa::available() {
+            dispatch(isa, Check);
+        }
     }
 
     #[test]

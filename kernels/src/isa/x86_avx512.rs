@@ -120,6 +120,18 @@ impl Vector for V512 {
         unsafe { _mm512_mask_storeu_ps(p, mask, self.0) }
     }
     #[inline(always)]
+    unsafe fn store_lanes(self, p: *mut f32, first: usize, n: usize) {
+        let first = first.min(16);
+        let n = n.min(16 - first);
+        let mask = (((1u32 << n) - 1) << first) as __mmask16;
+        // SAFETY: lane `first + i` goes to `p + i` for i < n, which the caller
+        // guarantees writable; the masked-off lanes are neither written nor
+        // checked for faults, so the base address `p - first` may lie outside
+        // the buffer (computed with `wrapping_sub`, never dereferenced
+        // itself); AVX-512F is present (module docs).
+        unsafe { _mm512_mask_storeu_ps(p.wrapping_sub(first), mask, self.0) }
+    }
+    #[inline(always)]
     fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32 {
         // Compiled with FMA enabled, this is one `vfmadd`, not a libm call.
         a.mul_add(b, c)
