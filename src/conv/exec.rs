@@ -193,8 +193,8 @@ pub(super) fn gemm_packed_len(isa: Isa, m: usize, k: usize) -> Option<usize> {
     conv1x1::packed_len(isa, m, k)
 }
 
-/// The direct 3x3 path: pad and phase-split the input once per image, then
-/// every task runs the implicit GEMM over its block of output channels.
+/// The direct 3x3 path: pad and phase-split the input, then run the implicit
+/// GEMM over blocks of output channels.
 fn run_conv3x3(
     conv: &Conv2d,
     act: Act,
@@ -207,17 +207,50 @@ fn run_conv3x3(
     let g = conv3x3::Geometry { cin, h, w, stride: conv.params.stride[0] };
     let k = g.k();
     let isa = conv.plan.isa();
-    let block_len = (k + 1) * conv1x1::tile(isa).0;
+    let (mr, _) = conv1x1::tile(isa);
+    let block_len = (k + 1) * mr;
     let x = input.as_slice();
     let y = output.into_slice();
+    // One task per thread (few output blocks, the stems): every task
+    // prepares the whole input into its own thread's buffer and computes its
+    // blocks from there. A prepared copy shared between the threads (split
+    // by planes, then read whole by both) made each thread read the half the
+    // other wrote through L3 or memory, and took two fork-joins: the S0 stem
+    // ran at 120-150 GFLOP/s on two threads against 200-210 on one in a
+    // stretch when this host's memory was slow, 180-370 this way. Only for a
+    // copy small enough to stay in a thread's retained scratch, so the
+    // per-thread memory bound (README, "Memory") holds.
+    let own_copy = parallel
+        && cout.div_ceil(mr) <= 4 * rayon::current_num_threads()
+        && g.prepared_len().saturating_mul(size_of::<f32>()) <= crate::scratch::RETAIN_BYTES;
     with_offsets(k, |offsets| {
         conv3x3::tap_offsets(&g, offsets);
         let offsets = &*offsets;
-        with_im2col(g.prepared_len(), |prepared| {
-            for (xb, yb) in x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * oh * ow)) {
+        for (xb, yb) in x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * oh * ow)) {
+            let blocks = |prepared: &[f32], first_block: usize, ct: &mut [f32]| {
+                let args = conv3x3::Conv3x3Args {
+                    geometry: g,
+                    m: ct.len() / (oh * ow),
+                    packed: &conv.packed[first_block * block_len..],
+                    prepared,
+                    offsets,
+                    output: ct,
+                };
+                conv3x3::conv3x3(isa, act, args);
+            };
+            if own_copy {
+                for_each_row_block(isa, yb, cout, oh * ow, parallel, |first_block, ct| {
+                    with_im2col(g.prepared_len(), |prepared| {
+                        conv3x3::prepare_input(isa, &g, xb, prepared);
+                        blocks(prepared, first_block, ct);
+                    });
+                });
+                continue;
+            }
+            with_im2col(g.prepared_len(), |prepared| {
                 if parallel {
-                    // The phase split of a large input (the stem's) costs as much
-                    // as its few-channel convolution: split it across threads too.
+                    // Many blocks (a dense 3x3 layer): the phase split of a
+                    // large input is split across the threads too.
                     let slack = g.slack_range();
                     prepared[slack.clone()].fill(0.0);
                     prepared[..slack.start]
@@ -229,19 +262,10 @@ fn run_conv3x3(
                 }
                 let prepared = &*prepared;
                 for_each_row_block(isa, yb, cout, oh * ow, parallel, |first_block, ct| {
-                    let m = ct.len() / (oh * ow);
-                    let args = conv3x3::Conv3x3Args {
-                        geometry: g,
-                        m,
-                        packed: &conv.packed[first_block * block_len..],
-                        prepared,
-                        offsets,
-                        output: ct,
-                    };
-                    conv3x3::conv3x3(isa, act, args);
+                    blocks(prepared, first_block, ct)
                 });
-            }
-        });
+            });
+        }
     });
 }
 
