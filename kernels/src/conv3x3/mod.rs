@@ -186,8 +186,13 @@ fn split_columns<V: Vector>(src: &[f32], dst: &mut [f32]) {
     let lanes = V::LANES;
     let n = dst.len();
     if !V::ONE_INSTRUCTION_PICK2 || n < lanes || src.len() < 2 * lanes {
-        for (q, &v) in dst.iter_mut().zip(src.iter().step_by(2)) {
-            *q = v;
+        // Pairs, so LLVM turns it into shuffles (AVX2: `step_by(2)` instead
+        // made the stem 10% slower).
+        for (q, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
+            *q = pair[0];
+        }
+        if src.len() / 2 < n {
+            dst[n - 1] = src[2 * (n - 1)];
         }
         return;
     }
