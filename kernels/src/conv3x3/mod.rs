@@ -313,42 +313,55 @@ fn conv3x3_body<V: Vector, const MR: usize, const NRV: usize, A: Act>(args: Conv
     if row_tiles_pay(ow, wq, n, lanes, nr) {
         // Row-aligned tiles: each output row on its own, in NR-wide tiles and
         // one narrower last tile; no dropped columns are computed at all.
-        for oy in 0..oh {
-            let mut ox0 = 0;
-            while ox0 < ow {
-                let cols = row_tile_cols(ow - ox0, lanes, NRV);
-                let q0 = oy * wq + ox0;
-                for blk in 0..blocks {
-                    let pk = &packed[blk * block_len..(blk + 1) * block_len];
-                    let off = blk * MR * oh * ow + oy * ow + ox0;
-                    let valid_rows = (m - blk * MR).min(MR);
-                    let direct = valid_rows == MR && cols.is_multiple_of(lanes);
-                    let (c, c_off, ldc): (&mut [f32], usize, usize) =
-                        if direct { (&mut *output, off, oh * ow) } else { (&mut tile, 0, nr) };
-                    match cols.div_ceil(lanes) {
-                        1 => conv1x1_tile::<V, MR, 1, A, _>(
-                            k, pk, prepared, q0, rows, max_row, c, c_off, ldc,
-                        ),
-                        2 => conv1x1_tile::<V, MR, 2, A, _>(
-                            k, pk, prepared, q0, rows, max_row, c, c_off, ldc,
-                        ),
-                        _ => conv1x1_tile::<V, MR, NRV, A, _>(
-                            k, pk, prepared, q0, rows, max_row, c, c_off, ldc,
-                        ),
-                    }
-                    if !direct {
-                        copy_runs::<V>(
-                            &tile,
-                            nr,
-                            &[(0, oy * ow + ox0, cols)],
-                            valid_rows,
-                            output,
-                            blk * MR,
-                            oh * ow,
-                        );
+        // Rows go in bands whose prepared input stays in L2, and inside a
+        // band one block of MR channels after the other, so that MR output
+        // planes are written at a time, not all of them: the hardware
+        // prefetcher follows that many store streams. With every block at
+        // every tile, the 3 -> 48 channel stem's 2.4 MB output, which has
+        // left the caches by the time the next image comes, took 245-285 µs
+        // inside a forward pass against 160 hot; now 198-200 (153 hot), and
+        // the depthwise layer reading it 65-76 µs instead of 74-107 (Zen 5,
+        // AVX-512, one thread; the stem alone 4% faster, on two threads
+        // 5-10%).
+        let band = (BAND_BYTES / (g.planes() * wq * size_of::<f32>()).max(1)).max(1);
+        for oy0 in (0..oh).step_by(band) {
+            for blk in 0..blocks {
+                let pk = &packed[blk * block_len..(blk + 1) * block_len];
+                let valid_rows = (m - blk * MR).min(MR);
+                for oy in oy0..(oy0 + band).min(oh) {
+                    let mut ox0 = 0;
+                    while ox0 < ow {
+                        let cols = row_tile_cols(ow - ox0, lanes, NRV);
+                        let q0 = oy * wq + ox0;
+                        let off = blk * MR * oh * ow + oy * ow + ox0;
+                        let direct = valid_rows == MR && cols.is_multiple_of(lanes);
+                        let (c, c_off, ldc): (&mut [f32], usize, usize) =
+                            if direct { (&mut *output, off, oh * ow) } else { (&mut tile, 0, nr) };
+                        match cols.div_ceil(lanes) {
+                            1 => conv1x1_tile::<V, MR, 1, A, _>(
+                                k, pk, prepared, q0, rows, max_row, c, c_off, ldc,
+                            ),
+                            2 => conv1x1_tile::<V, MR, 2, A, _>(
+                                k, pk, prepared, q0, rows, max_row, c, c_off, ldc,
+                            ),
+                            _ => conv1x1_tile::<V, MR, NRV, A, _>(
+                                k, pk, prepared, q0, rows, max_row, c, c_off, ldc,
+                            ),
+                        }
+                        if !direct {
+                            copy_runs::<V>(
+                                &tile,
+                                nr,
+                                &[(0, oy * ow + ox0, cols)],
+                                valid_rows,
+                                output,
+                                blk * MR,
+                                oh * ow,
+                            );
+                        }
+                        ox0 += cols;
                     }
                 }
-                ox0 += cols;
             }
         }
         return;
@@ -424,6 +437,10 @@ fn conv3x3_body<V: Vector, const MR: usize, const NRV: usize, A: Act>(args: Conv
         }
     }
 }
+
+/// Prepared input per band of row-aligned output rows (see
+/// [`conv3x3_body`]): 128 KiB, well inside any L2.
+const BAND_BYTES: usize = 128 * 1024;
 
 /// Width of the next row-aligned tile when `left` pixels of the row remain:
 /// full `NRV`-vector tiles, except that `NRV + 1` remaining vectors become
