@@ -91,47 +91,9 @@ pub(crate) fn conv1x1_tile<V: Vector, const MR: usize, const NRV: usize, A: Act,
     ldc: usize,
 ) {
     let nr = NRV * V::LANES;
-    let block = k.checked_add(1).and_then(|k1| k1.checked_mul(MR));
-    assert!(block.is_some_and(|len| packed.len() >= len), "packed block too short");
-    assert!(
-        k == 0 || fits(b_off, max_row, b.len()) && fits(b_off + max_row, nr, b.len()),
-        "b tile out of bounds"
-    );
-    let last_row = (MR - 1).checked_mul(ldc);
-    assert!(
-        last_row.is_some_and(|r| fits(c_off, r, c.len()) && fits(c_off + r, nr, c.len())),
-        "c tile out of bounds"
-    );
-
-    let mut acc = [[V::zero(); NRV]; MR];
-    for (r, row) in acc.iter_mut().enumerate() {
-        *row = [V::splat(packed[r]); NRV];
-    }
-    let w = &packed[MR..(k + 1) * MR];
-    for kk in 0..k {
-        let at = rows.at(kk);
-        debug_assert!(at <= max_row);
-        let row = b_off + at;
-        let mut bv = [V::zero(); NRV];
-        for (j, v) in bv.iter_mut().enumerate() {
-            // SAFETY: row <= b_off + max_row and row + NRV*LANES <= b.len() by
-            // the entry assert (max_row = rows.max(k) >= rows.at(kk)).
-            *v = unsafe { V::load_unchecked(b, row + j * V::LANES) };
-        }
-        for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: `w` holds k * MR floats and kk < k, r < MR.
-            let wr = V::splat(unsafe { get_unchecked(w, kk * MR + r) });
-            for (a, bj) in row.iter_mut().zip(bv.iter()) {
-                *a = wr.mul_add(*bj, *a);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (j, a) in row.iter().enumerate() {
-            // SAFETY: in bounds by the entry assert on `c`.
-            unsafe { A::apply(*a).store_unchecked(c, c_off + r * ldc + j * V::LANES) };
-        }
-    }
+    conv1x1_tile_plus::<V, V, MR, NRV, 0, A, R>(
+        k, packed, b, b_off, rows, max_row, c, c_off, ldc, nr,
+    )
 }
 
 /// [`conv1x1_tile`] plus `RC` more columns at `extra..extra + RC` (relative
@@ -145,7 +107,8 @@ pub(crate) fn conv1x1_tile<V: Vector, const MR: usize, const NRV: usize, A: Act,
 /// was 11% of the layer).
 ///
 /// One accumulator per extra column, so its sum is `bias + Σ_kk` in `kk`
-/// order, fused. Needs `MR == G::LANES` (an `MR`-row vector of `G`).
+/// order, fused. Needs `MR == G::LANES` (an `MR`-row vector of `G`) when
+/// `RC > 0`; with `RC = 0` this is the plain tile ([`conv1x1_tile`]).
 ///
 /// # Panics
 /// As [`conv1x1_tile`], and if `b` or `c` do not hold the extra columns.
@@ -172,7 +135,7 @@ pub(crate) fn conv1x1_tile_plus<
     extra: usize,
 ) {
     const { assert!(RC <= 4) };
-    assert_eq!(G::LANES, MR, "one G vector per step's MR weights");
+    assert!(RC == 0 || G::LANES == MR, "one G vector per step's MR weights");
     let nr = NRV * V::LANES;
     let block = k.checked_add(1).and_then(|k1| k1.checked_mul(MR));
     assert!(block.is_some_and(|len| packed.len() >= len), "packed block too short");
@@ -192,7 +155,10 @@ pub(crate) fn conv1x1_tile_plus<
     for (r, row) in acc.iter_mut().enumerate() {
         *row = [V::splat(packed[r]); NRV];
     }
-    let mut ext = [G::load(packed, 0); RC];
+    let mut ext = [G::zero(); RC];
+    if RC > 0 {
+        ext = [G::load(packed, 0); RC];
+    }
     let w = &packed[MR..(k + 1) * MR];
     for kk in 0..k {
         let at = rows.at(kk);
@@ -212,7 +178,11 @@ pub(crate) fn conv1x1_tile_plus<
                 *a = wr.mul_add(*bj, *a);
             }
         }
-        // SAFETY: `w` holds k * MR floats and (kk + 1) * MR <= k * MR.
+        if RC == 0 {
+            continue;
+        }
+        // SAFETY: `w` holds k * MR floats and (kk + 1) * MR <= k * MR
+        // (G::LANES == MR when RC > 0, asserted at entry).
         let wk = unsafe { G::load_unchecked(w, kk * MR) };
         for (j, e) in ext.iter_mut().enumerate() {
             // SAFETY: row + extra + j < row + extra + RC <= b.len() (entry assert).

@@ -237,7 +237,7 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
                 row.copy_from_slice(&b[src..src + r]);
             }
         }
-        Tail::Gemv { nv, r, col0, fuse }
+        Tail::Gemv { last_full, full_end, nv, r, col0, fuse }
     } else if tail > 0 {
         // A zero-padded k x width panel, so every lane the micro-kernel reads
         // is a real zero, then narrow tiles over it.
@@ -247,11 +247,10 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
             row[..tail].copy_from_slice(&b[src..src + tail]);
             row[tail..].fill(0.0);
         }
-        Tail::Padded { cols: tail, width }
+        Tail::Padded { n0: full_end, cols: tail, width }
     } else {
         Tail::None
     };
-    let ends = TileEnds { last_full, full_end };
     let scratch = &*scratch;
     let main_end = last_full.unwrap_or(full_end);
     // LOOP 1: full column tiles of NR pixels; LOOP 2: the row blocks over
@@ -264,7 +263,7 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
         }
     }
     for blk in 0..blocks {
-        tail_block::<V, MR, NRV, A, R>(&t, packed, c, blk, &tail_kind, ends, scratch);
+        tail_block::<V, MR, NRV, A, R>(&t, packed, c, blk, &tail_kind, scratch);
     }
 }
 
@@ -272,19 +271,12 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
 enum Tail {
     /// None: `n` is a multiple of the tile width.
     None,
-    /// `nv` whole vectors read in place, then `r` columns from `col0` as a
-    /// GEMV (inside the last full tile when `fuse`).
-    Gemv { nv: usize, r: usize, col0: usize, fuse: bool },
-    /// `cols` columns through a zero-padded panel `width` wide.
-    Padded { cols: usize, width: usize },
-}
-
-/// Where the full tiles end: `full_end`, and the last full tile's first
-/// column when a GEMV tail runs right after it, block by block.
-#[derive(Clone, Copy)]
-struct TileEnds {
-    last_full: Option<usize>,
-    full_end: usize,
+    /// `nv` whole vectors from `full_end` read in place, then `r` columns
+    /// from `col0` as a GEMV (inside the last full tile, which starts at
+    /// `last_full` and runs with the tail block by block, when `fuse`).
+    Gemv { last_full: Option<usize>, full_end: usize, nv: usize, r: usize, col0: usize, fuse: bool },
+    /// `cols` columns from `n0` through a zero-padded panel `width` wide.
+    Padded { n0: usize, cols: usize, width: usize },
 }
 
 /// Block `blk`'s last full tile (when a GEMV tail follows it) and its tail.
@@ -295,13 +287,12 @@ fn tail_block<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
     c: &mut [f32],
     blk: usize,
     tail: &Tail,
-    TileEnds { last_full, full_end }: TileEnds,
     panel: &[f32],
 ) {
     let TileArgs { k, ldc, m, block_len, nr, .. } = *t;
     match *tail {
         Tail::None => {}
-        Tail::Gemv { nv, r, col0, fuse } => {
+        Tail::Gemv { last_full, full_end, nv, r, col0, fuse } => {
             let full_rows = (m - blk * MR) >= MR;
             let fused = fuse && full_rows && last_full.is_some();
             match last_full {
@@ -318,7 +309,7 @@ fn tail_block<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
                 gemv_block::<V, MR, A>(t, packed, &panel[..k * r], r, c, col0, blk);
             }
         }
-        Tail::Padded { cols, width } => {
+        Tail::Padded { n0, cols, width } => {
             let panel = &panel[..k * width];
             let prows = Strided(width);
             let pmax = k.saturating_sub(1) * width;
@@ -331,7 +322,7 @@ fn tail_block<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
                 2 => conv1x1_tile::<V, MR, 2, A, _>(k, pk, panel, 0, prows, pmax, tl, 0, nr),
                 _ => conv1x1_tile::<V, MR, NRV, A, _>(k, pk, panel, 0, prows, pmax, tl, 0, nr),
             }
-            copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + full_end, ldc);
+            copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + n0, ldc);
         }
     }
 }

@@ -168,35 +168,25 @@ pub(super) fn dw3x3_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>) {
                 // other column cost two FP-pipe operations of ~20 per output
                 // vector (Zen 5, 1 thread, 28x28 outputs: AVX-512 77-78 -> 81-82 GFLOP/s,
                 // AVX2 39-41 -> 44).
-                if odd_w && j + 1 == ncol {
-                    let col = Col { ox0, mask_r: lane_mask(|i| ox0 + i + 1 == ow) };
-                    rows_column::<V, A, true>(
-                        &k,
-                        &idx,
-                        &col,
-                        input,
-                        c * hw,
-                        [h, w],
-                        output,
-                        c * ohw,
-                    );
+                let masked = odd_w && j + 1 == ncol;
+                let mask_r = if masked { lane_mask(|i| ox0 + i + 1 == ow) } else { ones };
+                let col = Col { ox0, mask_r };
+                let args = (&k, &idx, &col, input, c * hw, [h, w], &mut *output, c * ohw);
+                if masked {
+                    rows_column::<V, A, true>(args)
                 } else {
-                    let col = Col { ox0, mask_r: ones };
-                    rows_column::<V, A, false>(
-                        &k,
-                        &idx,
-                        &col,
-                        input,
-                        c * hw,
-                        [h, w],
-                        output,
-                        c * ohw,
-                    );
+                    rows_column::<V, A, false>(args)
                 }
             }
         }
     }
 }
+
+/// What [`rows_column`] reads and writes: the channel's weights, the
+/// permutes, the column, the input and its plane's offset, `[h, w]`, the
+/// output and its plane's offset.
+type ColumnArgs<'a, V> =
+    (&'a Weights, &'a RowIdx<V>, &'a Col<V>, &'a [f32], usize, [usize; 2], &'a mut [f32], usize);
 
 /// One column vector of the rows layout.
 struct Col<V> {
@@ -258,17 +248,9 @@ fn store_out<V: Vector>(v: V, out: &mut [f32], o: usize) {
 /// `oy` reads input rows `2oy-1`, `2oy`, `2oy+1`; row `2oy+1` is also row
 /// `2(oy+1)-1` of the next output row, so its taps are carried over and every
 /// input row is loaded and permuted once.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows_column<V: Vector, A: Act, const MASK: bool>(
-    k: &Weights,
-    idx: &RowIdx<V>,
-    col: &Col<V>,
-    input: &[f32],
-    ib: usize,
-    [h, w]: [usize; 2],
-    out: &mut [f32],
-    ob: usize,
+    (k, idx, col, input, ib, [h, w], out, ob): ColumnArgs<'_, V>,
 ) {
     let ow = out_dim(w, 2);
     let oh = out_dim(h, 2);
