@@ -182,10 +182,12 @@ fn split_row<V: Vector>(src: &[f32], odd: &mut [f32], even: &mut [f32], idx: &[V
     // ones land one place right (`odd[0]` is the left padding).
     let mut j = 0;
     if V::ONE_INSTRUCTION_PICK2 {
-        while 2 * (j + l) <= w && j + l < odd.len() {
-            let (a, b) = (V::load(src, 2 * j), V::load(src, 2 * j + l));
-            V::pick2(a, b, idx[0]).store(even, j);
-            V::pick2(a, b, idx[1]).store(odd, j + 1);
+        // Exact chunks, so the loads and stores need no bounds checks.
+        let vectors = src.chunks_exact(2 * l).zip(even.chunks_exact_mut(l));
+        for ((s2, e), o) in vectors.zip(odd[1..].chunks_exact_mut(l)) {
+            let (a, b) = (V::load(s2, 0), V::load(s2, l));
+            V::pick2(a, b, idx[0]).store(e, 0);
+            V::pick2(a, b, idx[1]).store(o, 0);
             j += l;
         }
     }
