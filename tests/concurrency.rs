@@ -13,6 +13,14 @@ fn layers() -> Vec<(Conv2dParams, [usize; 4])> {
         (Conv2dParams::new(40, 72, [1, 1]), [1, 40, 14, 14]),
         (Conv2dParams::new(16, 32, [3, 3]).with_padding([1, 1]), [2, 16, 23, 29]),
         (Conv2dParams::new(3, 24, [3, 3]).with_padding([1, 1]).with_stride([2, 2]), [1, 3, 64, 61]),
+        // Rows of whole vectors (64 outputs): row-aligned tiles, which two
+        // or more threads compute in bands of rows; 20 channels leave a
+        // partial register block.
+        (
+            Conv2dParams::new(3, 20, [3, 3]).with_padding([1, 1]).with_stride([2, 2]),
+            [2, 3, 21, 127],
+        ),
+        (Conv2dParams::new(3, 20, [3, 3]).with_padding([1, 1]), [1, 3, 9, 64]),
         (Conv2dParams::new(64, 64, [3, 3]).with_padding([1, 1]).with_groups(64), [1, 64, 28, 28]),
         (
             Conv2dParams::new(64, 64, [3, 3])

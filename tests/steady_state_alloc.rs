@@ -24,6 +24,11 @@ fn convolutions_allocate_nothing() {
         (Conv2dParams::new(32, 48, [1, 1]), [1, 32, 14, 15]),
         (Conv2dParams::new(8, 24, [3, 3]).with_padding([1, 1]), [2, 8, 17, 19]),
         (Conv2dParams::new(3, 16, [3, 3]).with_padding([1, 1]).with_stride([2, 2]), [1, 3, 33, 31]),
+        // Row-aligned tiles: on two threads, bands of output rows.
+        (
+            Conv2dParams::new(3, 20, [3, 3]).with_padding([1, 1]).with_stride([2, 2]),
+            [1, 3, 21, 127],
+        ),
         (Conv2dParams::new(24, 24, [3, 3]).with_padding([1, 1]).with_groups(24), [1, 24, 21, 18]),
         (
             Conv2dParams::new(24, 24, [3, 3])

@@ -26,6 +26,8 @@
 //! the packed block holds `(k+1)*MR` floats, `b[b_off + max_row .. + NRV*LANES]`
 //! is in bounds, and `c[c_off + r*ldc .. + NRV*LANES]` for every `r < MR`.
 
+use core::marker::PhantomData;
+
 use crate::act::Act;
 use crate::isa::Vector;
 use crate::lanes::{Lanes, get_unchecked};
@@ -72,6 +74,54 @@ pub(crate) fn fits(off: usize, len: usize, slice_len: usize) -> bool {
     off.checked_add(len).is_some_and(|end| end <= slice_len)
 }
 
+/// Where one register tile's output goes: `rows` runs of `width` floats,
+/// `ldc` apart, from `ptr`, which nothing else writes or reads while this
+/// value lives. Built from a slice ([`TileOut::of_slice`], checked) or from
+/// the row bands of [`crate::conv3x3::PlaneRowsMut`], whose runs lie in one
+/// band of the same planes that other threads write other bands of.
+pub(crate) struct TileOut<'a> {
+    ptr: *mut f32,
+    ldc: usize,
+    rows: usize,
+    width: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> TileOut<'a> {
+    /// The runs `c[off + r * ldc..][..width]` for `r < rows`.
+    ///
+    /// # Panics
+    /// If `rows == 0` or a run leaves `c`.
+    #[inline(always)]
+    pub(crate) fn of_slice(
+        c: &'a mut [f32],
+        off: usize,
+        ldc: usize,
+        rows: usize,
+        width: usize,
+    ) -> Self {
+        let last_row = rows.checked_sub(1).and_then(|r| r.checked_mul(ldc));
+        assert!(
+            last_row.is_some_and(|r| fits(off, r, c.len()) && fits(off + r, width, c.len())),
+            "c tile out of bounds"
+        );
+        // SAFETY: `off <= c.len()` (checked above), so the pointer stays in or
+        // one past the slice.
+        let ptr = unsafe { c.as_mut_ptr().add(off) };
+        TileOut { ptr, ldc, rows, width, _borrow: PhantomData }
+    }
+
+    /// The runs at `ptr`, unchecked.
+    ///
+    /// # Safety
+    /// For every `r < rows`, `ptr + r * ldc .. + width` must be valid for
+    /// writes and written or read by nothing else for `'a`.
+    #[inline(always)]
+    pub(crate) unsafe fn from_raw(ptr: *mut f32, ldc: usize, rows: usize, width: usize) -> Self {
+        TileOut { ptr, ldc, rows, width, _borrow: PhantomData }
+    }
+}
+
 /// Computes one `MR x (NRV*LANES)` output tile; see the module docs.
 /// `max_row` must be `rows.max(k)`.
 ///
@@ -91,9 +141,8 @@ pub(crate) fn conv1x1_tile<V: Vector, const MR: usize, const NRV: usize, A: Act,
     ldc: usize,
 ) {
     let nr = NRV * V::LANES;
-    conv1x1_tile_plus::<V, V, MR, NRV, 0, A, R>(
-        k, packed, b, b_off, rows, max_row, c, c_off, ldc, nr,
-    )
+    let out = TileOut::of_slice(c, c_off, ldc, MR, nr);
+    conv1x1_tile_plus::<V, V, MR, NRV, 0, A, R>(k, packed, b, b_off, rows, max_row, out, nr)
 }
 
 /// [`conv1x1_tile`] plus `RC` more columns at `extra..extra + RC` (relative
@@ -111,7 +160,7 @@ pub(crate) fn conv1x1_tile<V: Vector, const MR: usize, const NRV: usize, A: Act,
 /// `RC > 0`; with `RC = 0` this is the plain tile ([`conv1x1_tile`]).
 ///
 /// # Panics
-/// As [`conv1x1_tile`], and if `b` or `c` do not hold the extra columns.
+/// As [`conv1x1_tile`], and if `b` or `out` do not hold the extra columns.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn conv1x1_tile_plus<
@@ -129,9 +178,7 @@ pub(crate) fn conv1x1_tile_plus<
     b_off: usize,
     rows: R,
     max_row: usize,
-    c: &mut [f32],
-    c_off: usize,
-    ldc: usize,
+    out: TileOut<'_>,
     extra: usize,
 ) {
     const { assert!(RC <= 4) };
@@ -145,11 +192,8 @@ pub(crate) fn conv1x1_tile_plus<
         k == 0 || fits(b_off, max_row, b.len()) && fits(b_off + max_row, width, b.len()),
         "b tile out of bounds"
     );
-    let last_row = (MR - 1).checked_mul(ldc);
-    assert!(
-        last_row.is_some_and(|r| fits(c_off, r, c.len()) && fits(c_off + r, width, c.len())),
-        "c tile out of bounds"
-    );
+    assert!(out.rows >= MR && out.width >= width, "c tile out of bounds");
+    let ldc = out.ldc;
 
     let mut acc = [[V::zero(); NRV]; MR];
     for (r, row) in acc.iter_mut().enumerate() {
@@ -192,14 +236,16 @@ pub(crate) fn conv1x1_tile_plus<
     }
     for (r, row) in acc.iter().enumerate() {
         for (j, a) in row.iter().enumerate() {
-            // SAFETY: in bounds by the entry assert on `c`.
-            unsafe { A::apply(*a).store_unchecked(c, c_off + r * ldc + j * V::LANES) };
+            // SAFETY: r < MR <= out.rows and j * LANES + LANES <= NR <= extra
+            // <= out.width (entry asserts): inside one of `out`'s runs.
+            unsafe { A::apply(*a).store_ptr(out.ptr.add(r * ldc + j * V::LANES)) };
         }
     }
     for (j, e) in ext.iter().enumerate() {
         let col = A::apply(*e).to_array();
         for (r, &v) in col.iter().enumerate().take(MR) {
-            c[c_off + r * ldc + extra + j] = v;
+            // SAFETY: r < MR <= out.rows and extra + j < extra + RC <= out.width.
+            unsafe { out.ptr.add(r * ldc + extra + j).write(v) };
         }
     }
 }

@@ -30,7 +30,9 @@
 
 mod microkernel;
 
-pub(crate) use microkernel::{Rows, Strided, Table, conv1x1_tile, conv1x1_tile_plus, fits};
+pub(crate) use microkernel::{
+    Rows, Strided, Table, TileOut, conv1x1_tile, conv1x1_tile_plus, fits,
+};
 
 use crate::act::{Act, Activation, with_act};
 use crate::isa::{Isa, Job, Vector, dispatch};
@@ -376,19 +378,19 @@ fn tile_plus<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
 ) {
     let TileArgs { k, b, brows, max_row, ldc, block_len, .. } = *t;
     let pk = &packed[blk * block_len..(blk + 1) * block_len];
-    let off = blk * MR * ldc + n0;
+    let out = TileOut::of_slice(c, blk * MR * ldc + n0, ldc, MR, extra + r);
     match r {
         1 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 1, A, R>(
-            k, pk, b, n0, brows, max_row, c, off, ldc, extra,
+            k, pk, b, n0, brows, max_row, out, extra,
         ),
         2 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 2, A, R>(
-            k, pk, b, n0, brows, max_row, c, off, ldc, extra,
+            k, pk, b, n0, brows, max_row, out, extra,
         ),
         3 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 3, A, R>(
-            k, pk, b, n0, brows, max_row, c, off, ldc, extra,
+            k, pk, b, n0, brows, max_row, out, extra,
         ),
         _ => conv1x1_tile_plus::<V, V::V8, MR, NRV, 4, A, R>(
-            k, pk, b, n0, brows, max_row, c, off, ldc, extra,
+            k, pk, b, n0, brows, max_row, out, extra,
         ),
     }
 }
