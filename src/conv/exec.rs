@@ -249,9 +249,9 @@ fn run_conv3x3(
         }
         return;
     }
-    // One task per thread (few output blocks, the stems): every task
-    // prepares the whole input into its own thread's buffer and computes its
-    // blocks from there. A prepared copy shared between the threads (split
+    // One task per thread (few output blocks: a stem whose output rows are
+    // too narrow for row-aligned tiles): every task prepares the whole input
+    // into its own thread's buffer and computes its blocks from there. A prepared copy shared between the threads (split
     // by planes, then read whole by both) made each thread read the half the
     // other wrote through L3 or memory, and took two fork-joins: the S0 stem
     // ran at 120-150 GFLOP/s on two threads against 200-210 on one in a
