@@ -336,11 +336,18 @@ fn run_dw3x3(
     let [_, _, oh, ow] = output.shape();
     let stride = conv.params.stride[0];
     let (plane_in, plane_out) = (h * w, oh * ow);
-    // Whole images x channel chunks: at least ~64 KiB of output per task, and
-    // enough tasks for every thread when the layer is large.
+    // Whole images x channel chunks: one chunk per thread, of at least
+    // ~64 KiB of output (smaller layers split into fewer chunks).
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let target = if parallel {
-        let by_threads = (n * c).div_ceil(4 * threads);
+        // One chunk per thread: with four, a fork-join's overhead weighed on
+        // layers of a few µs, and channel counts whose divisors do not split
+        // evenly left one thread a chunk more (48 channels in chunks of 16
+        // on two threads). Zen 5, two threads, GFLOP/s: 48 channels on
+        // 56x56 at stride 2 100-105 -> 129-137, 192 on 28x28 at stride 2
+        // 102-104 -> 134-137, 48 on 56x56 183-208 -> 222-225; S0 and S1
+        // 0.98x the time (5 of 6 interleaved rounds).
+        let by_threads = (n * c).div_ceil(threads);
         let by_size = (16 * 1024usize).div_ceil(plane_out);
         by_threads.max(by_size).min(c)
     } else {
