@@ -515,7 +515,7 @@ fn conv3x3_rows_body<V: Vector, const MR: usize, const NRV: usize, A: Act>(
     let rows = Table(offsets);
     let max_row = rows.max(k).unwrap_or(usize::MAX);
     let t = RowTiles { g, m, packed, prepared, rows, max_row, rows_out };
-    row_tiles::<V, MR, NRV, A, _>(&t, &mut output)
+    row_tiles::<V, MR, NRV, A>(&t, &mut output)
 }
 
 /// The driver for `V` and the tile `MR x NRV` vectors.
@@ -550,9 +550,10 @@ fn conv3x3_body<V: Vector, const MR: usize, const NRV: usize, A: Act>(args: Conv
     // One stack tile for every tail; the micro-kernel overwrites the part it uses.
     let mut tile = [0.0f32; MAX_TILE];
     if row_tiles_pay(ow, wq, n, lanes, nr) {
-        let mut out = WholePlanes { output, oh, ow };
+        // All rows: the same band type the threads' row bands use.
+        let mut out = PlaneRowsMut::new(output, m, oh, ow);
         let t = RowTiles { g, m, packed, prepared, rows, max_row, rows_out: 0..oh };
-        return row_tiles::<V, MR, NRV, A, _>(&t, &mut out);
+        return row_tiles::<V, MR, NRV, A>(&t, &mut out);
     }
     // LOOP 1: tiles of NR flat positions q = oy * wq + ox.
     for q0 in (0..n).step_by(nr) {
@@ -638,51 +639,6 @@ struct RowTiles<'a> {
     rows_out: Range<usize>,
 }
 
-/// Where the row-tile loop writes: `m` output planes of `oh x ow`, whole
-/// ([`WholePlanes`]) or one band of their rows ([`PlaneRowsMut`]).
-trait PlaneOut {
-    /// The runs `[ox0, ox0 + width)` of row `oy` of planes `plane0..plane0 +
-    /// planes`.
-    fn tile(
-        &mut self,
-        plane0: usize,
-        planes: usize,
-        oy: usize,
-        ox0: usize,
-        width: usize,
-    ) -> TileOut<'_>;
-    /// Row `oy` of plane `plane`.
-    fn row(&mut self, plane: usize, oy: usize) -> &mut [f32];
-}
-
-/// All rows of the output planes, as one slice.
-struct WholePlanes<'a> {
-    output: &'a mut [f32],
-    oh: usize,
-    ow: usize,
-}
-
-impl PlaneOut for WholePlanes<'_> {
-    #[inline(always)]
-    fn tile(
-        &mut self,
-        plane0: usize,
-        planes: usize,
-        oy: usize,
-        ox0: usize,
-        width: usize,
-    ) -> TileOut<'_> {
-        let plane_len = self.oh * self.ow;
-        let off = plane0 * plane_len + oy * self.ow + ox0;
-        TileOut::of_slice(self.output, off, plane_len, planes, width)
-    }
-    #[inline(always)]
-    fn row(&mut self, plane: usize, oy: usize) -> &mut [f32] {
-        let at = (plane * self.oh + oy) * self.ow;
-        &mut self.output[at..at + self.ow]
-    }
-}
-
 /// The row-aligned tiles of output rows `t.rows_out`: each output row on its
 /// own, in NR-wide tiles and one narrower last tile; no dropped columns are
 /// computed at all.
@@ -697,9 +653,9 @@ impl PlaneOut for WholePlanes<'_> {
 /// 74-107 (Zen 5, AVX-512, one thread; the stem alone 4% faster, on two
 /// threads 5-10%).
 #[inline(always)]
-fn row_tiles<V: Vector, const MR: usize, const NRV: usize, A: Act, O: PlaneOut>(
+fn row_tiles<V: Vector, const MR: usize, const NRV: usize, A: Act>(
     t: &RowTiles<'_>,
-    out: &mut O,
+    out: &mut PlaneRowsMut<'_>,
 ) {
     let RowTiles { g, m, packed, prepared, rows, max_row, .. } = *t;
     let (lanes, nr) = (V::LANES, NRV * V::LANES);
@@ -807,7 +763,9 @@ impl<'a> PlaneRowsMut<'a> {
     }
 }
 
-impl PlaneOut for PlaneRowsMut<'_> {
+impl PlaneRowsMut<'_> {
+    /// The runs `[ox0, ox0 + width)` of row `oy` of planes `plane0..plane0 +
+    /// planes`.
     #[inline(always)]
     fn tile(
         &mut self,
@@ -834,6 +792,7 @@ impl PlaneOut for PlaneRowsMut<'_> {
             TileOut::from_raw(start, plane_len, planes, width)
         }
     }
+    /// Row `oy` of plane `plane`.
     #[inline(always)]
     fn row(&mut self, plane: usize, oy: usize) -> &mut [f32] {
         assert!(plane < self.planes && self.rows.contains(&oy), "row outside the band");
