@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod act;
+pub mod bf16;
 pub mod conv1x1;
 pub mod conv3x3;
 pub mod dot;
