@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements((2 * 9 * ch * oh * ow) as u64));
         // Every instantiation this CPU runs, named as in the registry.
         for isa in Isa::available() {
-            let mut scratch = vec![0.0; scratch_len(isa, h, w, stride)];
+            let mut scratch = vec![0.0; scratch_len(isa, h, w, stride).unwrap()];
             let op = if stride == 1 { Op::Dw3x3S1 } else { Op::Dw3x3S2 };
             let id =
                 BenchmarkId::new(kernel_info(op, isa).name, format!("c{ch}o{ch}h{h}w{w}s{stride}"));

@@ -18,7 +18,7 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 /// If `w.len() < y.len() * x.len()` or `bias.len() < y.len()`.
 pub fn matvec(isa: Isa, w: &[f32], bias: &[f32], x: &[f32], y: &mut [f32]) {
     let k = x.len();
-    assert!(w.len() >= y.len() * k, "matrix too short");
+    assert!(y.len().checked_mul(k).is_some_and(|n| w.len() >= n), "matrix too short");
     assert!(bias.len() >= y.len(), "bias too short");
     dispatch(isa, MatVec { w, bias, x, y });
 }

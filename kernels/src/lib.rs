@@ -30,8 +30,10 @@ pub mod prefetch;
 #[cfg(any(test, feature = "testing"))]
 pub mod reference;
 
+use std::sync::OnceLock;
+
 pub use act::Activation;
-pub use isa::{ISA_ENV, Isa, IsaError, IsaKind};
+pub use isa::{ISA_ENV, Isa, IsaError, IsaKind, IsaTraits};
 
 /// The operations kernels exist for (one per kernel family and stride).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,63 +56,211 @@ pub enum Op {
     General,
 }
 
-/// One kernel instantiation: what it computes, for which ISA, and its name
-/// (`<op>_<geom>_<tile>__<isa>`), the one name used by the planner, the
-/// conformance tests, the benches and the CLI.
+/// The number format a kernel computes in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 inputs, weights, arithmetic and outputs.
+    #[default]
+    F32,
+}
+
+impl Precision {
+    /// Its name in kernel names (`f32` is left out of them).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+        }
+    }
+}
+
+/// A convolution's geometry as the registry's predicates see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// Stride `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Zero padding `[ph, pw]`.
+    pub padding: [usize; 2],
+    /// Dilation `[dh, dw]`.
+    pub dilation: [usize; 2],
+    /// Groups.
+    pub groups: usize,
+}
+
+impl ConvShape {
+    fn depthwise(&self) -> bool {
+        self.groups == self.in_channels && self.groups == self.out_channels
+    }
+    fn square(&self, kernel: usize, stride: usize, padding: usize) -> bool {
+        self.kernel == [kernel; 2]
+            && self.stride == [stride; 2]
+            && self.padding == [padding; 2]
+            // A 1x1 kernel reads one tap whatever its dilation.
+            && (kernel == 1 || self.dilation == [1; 2])
+    }
+}
+
+/// One kernel instantiation: what it computes, in which precision, for which
+/// ISA, its register tile, and its name (`<op>_<geom>_<tile>__<isa>`), the one
+/// name used by the planner, the conformance tests, the benches and the CLI.
+/// Two entries are equal when their names are (names are unique).
+#[derive(Clone, Copy, Debug)]
 pub struct KernelInfo {
     /// The operation.
     pub op: Op,
+    /// The number format.
+    pub precision: Precision,
     /// The instruction set it is compiled for.
     pub isa: IsaKind,
+    /// Register tile: output channels (GEMM kernels) or output rows
+    /// (depthwise kernels) per step.
+    pub mr: usize,
+    /// Register tile: output pixels per step.
+    pub nr: usize,
     /// Its name.
     pub name: &'static str,
+    /// Whether the kernel computes a convolution of this geometry.
+    pub accepts: fn(&ConvShape) -> bool,
 }
 
-const fn k(op: Op, isa: IsaKind, name: &'static str) -> KernelInfo {
-    KernelInfo { op, isa, name }
+impl PartialEq for KernelInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
 }
 
-/// Every kernel x ISA, the single list the planner, tests and benches read.
-/// Tiles: GEMM kernels `MR x NR` output channels x pixels ([`conv1x1::tile`]);
-/// depthwise kernels output rows (or vectors per step) x lanes.
-pub const KERNELS: &[KernelInfo] = {
-    use IsaKind::{Avx2, Avx512, Portable};
-    use Op::*;
-    &[
-        k(Conv1x1, Avx512, "conv1x1_8x48__avx512"),
-        k(Conv1x1, Avx2, "conv1x1_6x16__avx2"),
-        k(Conv1x1, Portable, "conv1x1_6x16__portable"),
-        k(Conv3x3S1, Avx512, "conv3x3_s1_8x48__avx512"),
-        k(Conv3x3S1, Avx2, "conv3x3_s1_6x16__avx2"),
-        k(Conv3x3S1, Portable, "conv3x3_s1_6x16__portable"),
-        k(Conv3x3S2, Avx512, "conv3x3_s2_8x48__avx512"),
-        k(Conv3x3S2, Avx2, "conv3x3_s2_6x16__avx2"),
-        k(Conv3x3S2, Portable, "conv3x3_s2_6x16__portable"),
-        k(Dw3x3S1, Avx512, "dw3x3_s1p1_7x16__avx512"),
-        k(Dw3x3S1, Avx2, "dw3x3_s1p1_7x8__avx2"),
-        k(Dw3x3S1, Portable, "dw3x3_s1p1_4x8__portable"),
-        k(Dw3x3S2, Avx512, "dw3x3_s2p1_1x16__avx512"),
-        k(Dw3x3S2, Avx2, "dw3x3_s2p1_1x8__avx2"),
-        k(Dw3x3S2, Portable, "dw3x3_s2p1_1x8__portable"),
-        k(Dw1x1S1, Avx512, "dw1x1_s1_1x16__avx512"),
-        k(Dw1x1S1, Avx2, "dw1x1_s1_1x8__avx2"),
-        k(Dw1x1S1, Portable, "dw1x1_s1_1x8__portable"),
-        k(Dw1x1S2, Avx512, "dw1x1_s2_1x1__avx512"),
-        k(Dw1x1S2, Avx2, "dw1x1_s2_1x1__avx2"),
-        k(Dw1x1S2, Portable, "dw1x1_s2_1x1__portable"),
-        k(General, Avx512, "general_im2col+conv1x1_8x48__avx512"),
-        k(General, Avx2, "general_im2col+conv1x1_6x16__avx2"),
-        k(General, Portable, "general_im2col+conv1x1_6x16__portable"),
-    ]
-};
+impl Eq for KernelInfo {}
 
-/// The registry entry of `op` for `isa`.
+/// One line of the registry: a kernel family's op, how its name starts, its
+/// tile on an ISA, and the geometries it takes. Instantiated for every ISA
+/// this build compiles ([`IsaKind::compiled`]), so an ISA adds no line here.
+struct Line {
+    op: Op,
+    precision: Precision,
+    prefix: &'static str,
+    tile: fn(IsaTraits) -> (usize, usize),
+    accepts: fn(&ConvShape) -> bool,
+}
+
+fn gemm_tile(t: IsaTraits) -> (usize, usize) {
+    (t.gemm_mr, t.gemm_nr)
+}
+
+/// Every kernel family's ops, in the planner's order of preference: the
+/// first line whose predicate accepts a geometry runs it (`General` accepts
+/// every geometry, so it comes last).
+const LINES: &[Line] = &[
+    Line {
+        op: Op::Conv1x1,
+        precision: Precision::F32,
+        prefix: "conv1x1",
+        tile: gemm_tile,
+        accepts: |s| s.square(1, 1, 0) && s.groups == 1,
+    },
+    Line {
+        op: Op::Conv3x3S1,
+        precision: Precision::F32,
+        prefix: "conv3x3_s1",
+        tile: gemm_tile,
+        accepts: |s| s.square(3, 1, 1) && s.groups == 1,
+    },
+    Line {
+        op: Op::Conv3x3S2,
+        precision: Precision::F32,
+        prefix: "conv3x3_s2",
+        tile: gemm_tile,
+        accepts: |s| s.square(3, 2, 1) && s.groups == 1,
+    },
+    Line {
+        op: Op::Dw3x3S1,
+        precision: Precision::F32,
+        prefix: "dw3x3_s1p1",
+        tile: |t| (dwconv3x3::s1_rows(t.registers), t.lanes),
+        accepts: |s| s.square(3, 1, 1) && s.depthwise(),
+    },
+    Line {
+        op: Op::Dw3x3S2,
+        precision: Precision::F32,
+        prefix: "dw3x3_s2p1",
+        tile: |t| (1, t.lanes),
+        accepts: |s| s.square(3, 2, 1) && s.depthwise(),
+    },
+    Line {
+        op: Op::Dw1x1S1,
+        precision: Precision::F32,
+        prefix: "dw1x1_s1",
+        tile: |t| (1, t.lanes),
+        accepts: |s| s.square(1, 1, 0) && s.depthwise() && s.groups > 1,
+    },
+    Line {
+        op: Op::Dw1x1S2,
+        precision: Precision::F32,
+        prefix: "dw1x1_s2",
+        tile: |_| (1, 1),
+        accepts: |s| s.square(1, 2, 0) && s.depthwise() && s.groups > 1,
+    },
+    Line {
+        op: Op::General,
+        precision: Precision::F32,
+        prefix: "general_im2col+conv1x1",
+        tile: gemm_tile,
+        accepts: |_| true,
+    },
+];
+
+/// Every kernel x ISA this build compiles, the single list the planner,
+/// tests, benches and CLI read (built once, on first use).
+pub fn kernels() -> &'static [KernelInfo] {
+    static ALL: OnceLock<Vec<KernelInfo>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut all = Vec::new();
+        for isa in IsaKind::ALL.into_iter().filter(|k| k.compiled()) {
+            for line in LINES {
+                let (mr, nr) = (line.tile)(isa.traits());
+                let name = match line.precision {
+                    Precision::F32 => format!("{}_{mr}x{nr}__{isa}", line.prefix),
+                };
+                all.push(KernelInfo {
+                    op: line.op,
+                    precision: line.precision,
+                    isa,
+                    mr,
+                    nr,
+                    // Leaked once per process: names are `&'static str`
+                    // everywhere (plans, bench ids, the C API).
+                    name: Box::leak(name.into_boxed_str()),
+                    accepts: line.accepts,
+                });
+            }
+        }
+        all
+    })
+}
+
+/// The registry entry of `op` for `isa` in f32.
+///
+/// # Panics
+/// Never for an [`Isa`] (which this build always compiles): every op has a
+/// line, instantiated for every compiled ISA.
 pub fn kernel_info(op: Op, isa: Isa) -> &'static KernelInfo {
-    KERNELS
+    kernels()
         .iter()
-        .find(|k| k.op == op && k.isa == isa.kind())
-        .expect("the registry lists every op for every ISA (tested)")
+        .find(|k| k.op == op && k.isa == isa.kind() && k.precision == Precision::F32)
+        .expect("the registry lists every op for every compiled ISA")
+}
+
+/// The first kernel, in the registry's order, of `isa` and `precision` that
+/// accepts `shape` (for `F32`, at least the general path always does).
+pub fn select(shape: &ConvShape, isa: Isa, precision: Precision) -> Option<&'static KernelInfo> {
+    kernels()
+        .iter()
+        .filter(|k| k.isa == isa.kind() && k.precision == precision)
+        .find(|k| (k.accepts)(shape))
 }
 
 #[cfg(test)]
@@ -118,38 +268,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn registry_has_each_op_once_per_isa_and_names_carry_isa_and_tile() {
-        let ops = [
-            Op::Conv1x1,
-            Op::Conv3x3S1,
-            Op::Conv3x3S2,
-            Op::Dw3x3S1,
-            Op::Dw3x3S2,
-            Op::Dw1x1S1,
-            Op::Dw1x1S2,
-            Op::General,
-        ];
-        for kind in IsaKind::ALL {
-            for op in ops {
-                let n = KERNELS.iter().filter(|k| k.op == op && k.isa == kind).count();
-                assert_eq!(n, 1, "{op:?} x {kind}");
+    fn registry_has_each_op_once_per_compiled_isa_and_names_carry_isa_and_tile() {
+        let compiled: Vec<IsaKind> = IsaKind::ALL.into_iter().filter(|k| k.compiled()).collect();
+        for &kind in &compiled {
+            for line in LINES {
+                let n = kernels().iter().filter(|k| k.op == line.op && k.isa == kind).count();
+                assert_eq!(n, 1, "{:?} x {kind}", line.op);
             }
         }
-        for k in KERNELS {
-            assert!(k.name.ends_with(&format!("__{}", k.isa.name())), "{}", k.name);
-            let lanes = k.isa.lanes();
-            match k.op {
-                Op::Dw3x3S1 => {
-                    let rows = if k.isa == IsaKind::Portable { 4 } else { 7 };
-                    assert!(k.name.contains(&format!("_{rows}x{lanes}__")))
-                }
-                Op::Dw3x3S2 => assert!(k.name.contains(&format!("_1x{lanes}__"))),
-                Op::Dw1x1S1 => assert!(k.name.contains(&format!("_1x{lanes}__"))),
-                Op::Dw1x1S2 => assert!(k.name.contains("_1x1__")),
-                _ => {}
-            }
+        assert_eq!(kernels().len(), LINES.len() * compiled.len());
+        for k in kernels() {
+            assert!(k.name.ends_with(&format!("_{}x{}__{}", k.mr, k.nr, k.isa)), "{}", k.name);
         }
-        assert_eq!(KERNELS.len(), ops.len() * IsaKind::ALL.len());
+        let names: std::collections::HashSet<_> = kernels().iter().map(|k| k.name).collect();
+        assert_eq!(names.len(), kernels().len(), "names are unique");
     }
 
     #[test]
@@ -161,5 +293,41 @@ mod tests {
                 assert!(name.contains(&format!("_{mr}x{nr}__")), "{name} vs {mr}x{nr}");
             }
         }
+        // The tile names of today's ISAs, spelled out once.
+        assert!(kernels().iter().any(|k| k.name == "conv1x1_6x16__portable"));
+        assert!(kernels().iter().any(|k| k.name == "dw3x3_s1p1_4x8__portable"));
+        if IsaKind::Avx512.compiled() {
+            assert!(kernels().iter().any(|k| k.name == "conv1x1_8x48__avx512"));
+            assert!(kernels().iter().any(|k| k.name == "dw3x3_s1p1_7x16__avx512"));
+            assert!(kernels().iter().any(|k| k.name == "dw1x1_s2_1x1__avx2"));
+        }
+    }
+
+    #[test]
+    fn the_planner_picks_the_specialised_kernel_and_falls_back_to_general() {
+        let isa = Isa::portable();
+        let shape = |k: usize, s: usize, p: usize, groups: usize, c: usize| ConvShape {
+            in_channels: c,
+            out_channels: c,
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [p, p],
+            dilation: [1, 1],
+            groups,
+        };
+        let op = |s: ConvShape| select(&s, isa, Precision::F32).map(|k| k.op);
+        assert_eq!(op(shape(1, 1, 0, 1, 8)), Some(Op::Conv1x1));
+        assert_eq!(op(shape(3, 1, 1, 1, 8)), Some(Op::Conv3x3S1));
+        assert_eq!(op(shape(3, 2, 1, 1, 8)), Some(Op::Conv3x3S2));
+        assert_eq!(op(shape(3, 1, 1, 8, 8)), Some(Op::Dw3x3S1));
+        assert_eq!(op(shape(3, 2, 1, 8, 8)), Some(Op::Dw3x3S2));
+        assert_eq!(op(shape(1, 1, 0, 8, 8)), Some(Op::Dw1x1S1));
+        assert_eq!(op(shape(1, 2, 0, 8, 8)), Some(Op::Dw1x1S2));
+        // A 1-channel depthwise 1x1 is a plain 1x1 (groups 1).
+        assert_eq!(op(shape(1, 1, 0, 1, 1)), Some(Op::Conv1x1));
+        assert_eq!(op(shape(3, 1, 0, 1, 8)), Some(Op::General));
+        assert_eq!(op(shape(3, 1, 1, 2, 8)), Some(Op::General));
+        assert_eq!(op(ConvShape { dilation: [2, 2], ..shape(3, 1, 1, 1, 8) }), Some(Op::General));
+        assert_eq!(op(ConvShape { stride: [1, 2], ..shape(3, 1, 1, 1, 8) }), Some(Op::General));
     }
 }

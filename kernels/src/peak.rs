@@ -21,6 +21,8 @@ impl Job for FmaLoop {
     type Out = u64;
     #[inline(always)]
     fn run<V: Vector>(self) -> u64 {
+        // A new chain count is a compile error here, not a silent 6.
+        const { assert!(matches!(V::PEAK_CHAINS, 6 | 12 | 16)) };
         match V::PEAK_CHAINS {
             16 => chains::<V, 16>(self.0),
             12 => chains::<V, 12>(self.0),

@@ -92,19 +92,19 @@ pub fn conv2d_nchw_ref(
                         for ky in 0..kh {
                             let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
                                 - p.padding[0] as isize;
-                            if iy < 0 || iy >= p.h as isize {
-                                continue;
-                            }
                             for kx in 0..kw {
                                 let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
                                     - p.padding[1] as isize;
-                                if ix < 0 || ix >= p.w as isize {
+                                let wv = weights[((oc * cin_g + ci) * kh + ky) * kw + kx] as f64;
+                                if iy < 0 || iy >= p.h as isize || ix < 0 || ix >= p.w as isize {
+                                    // A padding zero: `w * 0`, which is NaN for
+                                    // a non-finite weight (PyTorch).
+                                    acc += wv * 0.0;
                                     continue;
                                 }
                                 let x = input
                                     [((b * p.cin + ic) * p.h + iy as usize) * p.w + ix as usize]
                                     as f64;
-                                let wv = weights[((oc * cin_g + ci) * kh + ky) * kw + kx] as f64;
                                 acc += x * wv;
                                 abs += (x * wv).abs();
                             }

@@ -114,7 +114,7 @@ fn check_isa(
     // tail, which must stay untouched.
     let mut out_buf = vec![f32::NAN; OUT_GUARD + n_out + TAIL_GUARD];
     // Scratch full of NaN: the drivers must not depend on its contents.
-    let mut scratch = vec![f32::NAN; scratch_len(isa, h, w, stride)];
+    let mut scratch = vec![f32::NAN; scratch_len(isa, h, w, stride).unwrap()];
 
     let args = Dw3x3Args {
         channels,
@@ -255,7 +255,7 @@ fn relu_bites_about_half() {
     pack_weights(&weights, Some(&bias), channels, &mut packed);
     let mut out = vec![0.0; channels * h * w];
     let isa = Isa::portable();
-    let mut scratch = vec![0.0; scratch_len(isa, h, w, 1)];
+    let mut scratch = vec![0.0; scratch_len(isa, h, w, 1).unwrap()];
     let args = Dw3x3Args { channels, h, w, packed: &packed, input: &input, output: &mut out };
     dw3x3_s1p1(isa, Activation::Identity, args, &mut scratch);
     let neg = out.iter().filter(|v| **v < 0.0).count() as f64 / out.len() as f64;
@@ -298,7 +298,7 @@ fn short_scratch_panics() {
     let input = vec![0.0; h * w];
     let mut out = vec![0.0; h * w];
     let isa = Isa::best();
-    let mut scratch = vec![0.0; scratch_len(isa, h, w, 1) - 1];
+    let mut scratch = vec![0.0; scratch_len(isa, h, w, 1).unwrap() - 1];
     let args = Dw3x3Args { channels: 1, h, w, packed: &packed, input: &input, output: &mut out };
     dw3x3_s1p1(isa, Activation::Identity, args, &mut scratch);
 }
@@ -311,7 +311,7 @@ fn short_output_panics() {
     let input = vec![0.0; 2 * h * w];
     let mut out = vec![0.0; 2 * 3 * 3 - 1];
     let isa = Isa::portable();
-    let mut scratch = vec![0.0; scratch_len(isa, h, w, 2)];
+    let mut scratch = vec![0.0; scratch_len(isa, h, w, 2).unwrap()];
     let args = Dw3x3Args { channels: 2, h, w, packed: &packed, input: &input, output: &mut out };
     dw3x3_s2p1(isa, Activation::Relu, args, &mut scratch);
 }

@@ -1,6 +1,6 @@
-//! The GEMM-based paths: 1x1 convolutions straight over the input, and the
-//! general path for any kernel size, stride, padding, dilation and groups, in
-//! scratch memory bounded independently of the layer's size.
+//! The general path: any kernel size, stride, padding, dilation and groups,
+//! in scratch memory bounded independently of the layer's size (and 1x1
+//! layers whose reduction is too long for the GEMM).
 //!
 //! # Banded im2col + GEMM (reduction `k = cin/groups * kh * kw <= 65536`)
 //! The output positions of one group (flat `oy * ow + ox`) are cut into bands
@@ -17,9 +17,9 @@
 //!
 //! # Direct taps (`k > 65536`, or one output position's `k` floats above the limit)
 //! Each output row is computed on its own: bias, then for every kernel tap
-//! that lands inside the input (padding taps are skipped, as in the
-//! reference), `row[ox] += w · x` over the row's in-bounds span, then the
-//! activation. No scratch at all, and work proportional to the in-bounds taps,
+//! that lands inside the input (padding taps are skipped; where one meets a
+//! non-finite weight the output is NaN, as `w · 0` is in PyTorch),
+//! `row[ox] += w · x` over the row's in-bounds span, then the activation. No scratch at all, and work proportional to the in-bounds taps,
 //! so a 1024x1024 kernel with 1024 padding on a 63x63 input costs what its
 //! 63x63 useful taps per output cost, not 10^6. It is much slower than the
 //! GEMM on ordinary shapes, which never reach it.
@@ -29,11 +29,11 @@
 //! by one task, and the split over threads is by whole output rows (GEMM
 //! `MR`-row blocks, or taps output rows).
 
-use rayon::prelude::*;
 use repconv_kernels::Activation as Act;
 
 use super::Conv2d;
-use super::exec;
+use super::frame::{Split, for_each_chunk};
+use super::gemm::{self, Gemm};
 use super::params::Conv2dParams;
 use super::plan::Family;
 use crate::scratch::with_im2col;
@@ -88,7 +88,8 @@ fn band_len(k: usize, [oh, ow]: [usize; 2], limit: usize, tile: usize) -> usize 
     if cols >= tile { cols / tile * tile } else { cols }
 }
 
-/// Runs a 1x1 (`Family::Conv1x1`) or general convolution, shapes already checked.
+/// Runs a general convolution, or a 1x1 one whose reduction is too long for
+/// the GEMM (shapes already checked).
 pub(super) fn run(
     conv: &Conv2d,
     act: Act,
@@ -101,48 +102,50 @@ pub(super) fn run(
     let x = input.as_slice();
     let y = output.into_slice();
     if uses_taps(conv) {
-        run_taps(conv, act, x, [cin, h, w], y, [cout, oh, ow], parallel);
+        let taps = Taps { x, input: [cin, h, w], output: [cout, oh, ow] };
+        taps.run(conv, act, y, parallel);
         return;
     }
     let p = &conv.params;
     let npix = oh * ow;
     let (m, k) = (p.out_per_group(), gemm_k(p));
     let isa = conv.plan.isa();
-    let images = x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * npix));
-    if conv.plan.family() == Family::Conv1x1 {
-        // The input planes are the GEMM's matrix already.
-        for (xb, yb) in images {
-            exec::gemm(isa, act, &conv.packed, [m, k, npix], xb, h * w, yb, npix, 0, parallel);
-        }
-        return;
-    }
-
     // `pack` computed this length with checked arithmetic when the Conv2d
     // was built (and returned an error if it overflowed).
-    let group_packed = exec::gemm_packed_len(isa, m, k).expect("checked when packing");
-    let band = band_len(k, [oh, ow], conv.scratch_limit, exec::gemm_tile_cols(isa));
+    let group_packed = gemm::packed_len(isa, m, k).expect("checked when packing");
+    let band = band_len(k, [oh, ow], conv.scratch_limit, gemm::tile_cols(isa));
     let cin_g = p.in_per_group();
-    for (xb, yb) in images {
+    for (xb, yb) in x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * npix)) {
         // One group's output rows `yg`, band after band; `inner` splits each
         // band's im2col fill and GEMM over threads.
         let per_group = |g: usize, yg: &mut [f32], inner: bool| {
             let xg = &xb[g * cin_g * h * w..(g + 1) * cin_g * h * w];
-            let pk = &conv.packed[g * group_packed..(g + 1) * group_packed];
+            let packed = &conv.packed[g * group_packed..(g + 1) * group_packed];
             with_im2col(k * band, |col| {
                 for p0 in (0..npix).step_by(band) {
                     let cols = band.min(npix - p0);
                     let col = &mut col[..k * cols];
                     fill_band(p, xg, [h, w], [oh, ow], p0, col, inner);
-                    exec::gemm(isa, act, pk, [m, k, cols], col, cols, yg, npix, p0, inner);
+                    let gemm = Gemm {
+                        isa,
+                        act,
+                        packed,
+                        m,
+                        k,
+                        n: cols,
+                        b: col,
+                        ldb: cols,
+                        ldc: npix,
+                        col0: p0,
+                    };
+                    gemm.run(yg, inner);
                 }
             });
         };
         if p.groups == 1 {
             per_group(0, yb, parallel);
-        } else if parallel {
-            yb.par_chunks_mut(m * npix).enumerate().for_each(|(g, yg)| per_group(g, yg, false));
         } else {
-            yb.chunks_mut(m * npix).enumerate().for_each(|(g, yg)| per_group(g, yg, false));
+            for_each_chunk(yb, m * npix, Split::from(parallel), |g, yg| per_group(g, yg, false));
         }
     }
 }
@@ -255,12 +258,12 @@ fn for_each_matrix_row(
     parallel: bool,
     f: impl Fn((usize, &mut [f32])) + Sync + Send,
 ) {
-    if parallel {
-        let min_rows = ((1 << 14) / cols.max(1)).max(1);
-        col.par_chunks_mut(cols).with_min_len(min_rows).enumerate().for_each(f);
+    let split = if parallel {
+        Split::Parallel { min_chunks: ((1 << 14) / cols.max(1)).max(1) }
     } else {
-        col.chunks_mut(cols).enumerate().for_each(f);
-    }
+        Split::Serial
+    };
+    for_each_chunk(col, cols, split, |r, row| f((r, row)));
 }
 
 /// One segment of an im2col row: zeros, except `out[a..b]`, which takes the
@@ -292,79 +295,125 @@ fn fill_segment(
     }
 }
 
-/// The direct tap loop (see the module docs): one task per output row over
-/// all images and channels, each element `bias + Σ w·x` over its in-bounds
-/// taps in a fixed order (kernel column, then input channel, then kernel row),
-/// then the activation.
-#[allow(clippy::too_many_arguments)]
-fn run_taps(
-    conv: &Conv2d,
-    act: Act,
-    x: &[f32],
-    [cin, h, w]: [usize; 3],
-    y: &mut [f32],
-    [cout, oh, ow]: [usize; 3],
-    parallel: bool,
-) {
-    let p = &conv.params;
-    let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
-    let [kh, kw] = p.kernel;
-    let [sh, sw] = p.stride;
-    let [dh, dw] = p.dilation;
-    let [ph, pw] = p.padding;
-    let weights = &conv.weights[..];
-    let bias = conv.bias.as_deref();
-    let row_task = |(t, row): (usize, &mut [f32])| {
-        // Row t is output row oy of channel oc of image img.
-        let (oy, plane) = (t % oh, t / oh);
-        let (oc, img) = (plane % cout, plane / cout);
-        let g = oc / cout_g;
-        row.fill(bias.map_or(0.0, |b| b[oc]));
-        // Kernel rows whose input row iy = oy*sh + ky*dh - ph lies in [0, h).
-        let base = oy * sh;
-        let ky_lo = ph.saturating_sub(base).div_ceil(dh).min(kh);
-        let ky_hi = (h + ph).saturating_sub(base).div_ceil(dh).clamp(ky_lo, kh);
-        if ky_lo < ky_hi {
-            let x_img = &x[(img * cin + g * cin_g) * h * w..(img * cin + (g + 1) * cin_g) * h * w];
-            let w_oc = &weights[oc * cin_g * kh * kw..(oc + 1) * cin_g * kh * kw];
-            for kx in 0..kw {
-                // Output columns whose input column lies in [0, w), as in `fill_band`.
-                let shift = kx * dw;
-                let ox_lo = pw.saturating_sub(shift).div_ceil(sw).min(ow);
-                let ox_hi = (w + pw).saturating_sub(shift).div_ceil(sw).clamp(ox_lo, ow);
-                if ox_lo == ox_hi {
-                    continue;
-                }
-                let ix0 = ox_lo * sw + shift - pw;
-                let out = &mut row[ox_lo..ox_hi];
-                for (plane, wk) in x_img.chunks_exact(h * w).zip(w_oc.chunks_exact(kh * kw)) {
-                    for ky in ky_lo..ky_hi {
-                        let wv = wk[ky * kw + kx];
-                        let iy = base + ky * dh - ph;
-                        let src = &plane[iy * w + ix0..(iy + 1) * w];
-                        if sw == 1 {
-                            for (o, &s) in out.iter_mut().zip(src) {
-                                *o += wv * s;
-                            }
-                        } else {
-                            for (o, &s) in out.iter_mut().zip(src.iter().step_by(sw)) {
-                                *o += wv * s;
+/// The direct tap loop's view of one call (see the module docs).
+struct Taps<'a> {
+    x: &'a [f32],
+    input: [usize; 3],
+    output: [usize; 3],
+}
+
+impl Taps<'_> {
+    /// One task per output row over all images and channels, each element
+    /// `bias + Σ w·x` over its in-bounds taps in a fixed order (kernel
+    /// column, then input channel, then kernel row), then the activation.
+    fn run(&self, conv: &Conv2d, act: Act, y: &mut [f32], parallel: bool) {
+        let Taps { x, input: [cin, h, w], output: [cout, oh, ow] } = *self;
+        let p = &conv.params;
+        let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
+        let [kh, kw] = p.kernel;
+        let [sh, sw] = p.stride;
+        let [dh, dw] = p.dilation;
+        let [ph, pw] = p.padding;
+        let weights = &conv.weights[..];
+        let bias = conv.bias.as_deref();
+        // Output columns whose input column ox*sw + kx*dw - pw lies in [0, w).
+        let columns_inside = |kx: usize| {
+            let shift = kx * dw;
+            let ox_lo = pw.saturating_sub(shift).div_ceil(sw).min(ow);
+            let ox_hi = (w + pw).saturating_sub(shift).div_ceil(sw).clamp(ox_lo, ow);
+            (shift, ox_lo, ox_hi)
+        };
+        let row_task = |t: usize, row: &mut [f32]| {
+            // Row t is output row oy of channel oc of image img.
+            let (oy, plane) = (t % oh, t / oh);
+            let (oc, img) = (plane % cout, plane / cout);
+            let g = oc / cout_g;
+            row.fill(bias.map_or(0.0, |b| b[oc]));
+            // Kernel rows whose input row iy = oy*sh + ky*dh - ph lies in [0, h).
+            let base = oy * sh;
+            let ky_lo = ph.saturating_sub(base).div_ceil(dh).min(kh);
+            let ky_hi = (h + ph).saturating_sub(base).div_ceil(dh).clamp(ky_lo, kh);
+            if ky_lo < ky_hi {
+                let x_img =
+                    &x[(img * cin + g * cin_g) * h * w..(img * cin + (g + 1) * cin_g) * h * w];
+                let w_oc = &weights[oc * cin_g * kh * kw..(oc + 1) * cin_g * kh * kw];
+                for kx in 0..kw {
+                    let (shift, ox_lo, ox_hi) = columns_inside(kx);
+                    if ox_lo == ox_hi {
+                        continue;
+                    }
+                    let ix0 = ox_lo * sw + shift - pw;
+                    let out = &mut row[ox_lo..ox_hi];
+                    for (plane, wk) in x_img.chunks_exact(h * w).zip(w_oc.chunks_exact(kh * kw)) {
+                        for ky in ky_lo..ky_hi {
+                            let wv = wk[ky * kw + kx];
+                            let iy = base + ky * dh - ph;
+                            let src = &plane[iy * w + ix0..(iy + 1) * w];
+                            if sw == 1 {
+                                for (o, &s) in out.iter_mut().zip(src) {
+                                    *o += wv * s;
+                                }
+                            } else {
+                                for (o, &s) in out.iter_mut().zip(src.iter().step_by(sw)) {
+                                    *o += wv * s;
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-        if act == Act::Relu {
-            for v in row.iter_mut() {
-                *v = repconv_kernels::act::relu(*v);
+            // A non-finite weight times a padding zero is NaN (PyTorch, and
+            // every kernel that multiplies the padding): the outputs whose
+            // skipped taps meet one are NaN.
+            for (ky, kx) in conv.nonfinite_taps.of(oc) {
+                if (base + ky * dh).wrapping_sub(ph) >= h {
+                    row.fill(f32::NAN);
+                    break;
+                }
+                let (_, ox_lo, ox_hi) = columns_inside(kx);
+                row[..ox_lo].fill(f32::NAN);
+                row[ox_hi..].fill(f32::NAN);
             }
-        }
-    };
-    if parallel {
-        y.par_chunks_mut(ow).enumerate().for_each(row_task);
-    } else {
-        y.chunks_mut(ow).enumerate().for_each(row_task);
+            if act == Act::Relu {
+                for v in row.iter_mut() {
+                    *v = repconv_kernels::act::relu(*v);
+                }
+            }
+        };
+        for_each_chunk(y, ow, Split::from(parallel), row_task);
+    }
+}
+
+/// The kernel taps `(ky, kx)` at which an output channel has a non-finite
+/// weight (for any input channel), for the direct tap loop, which skips
+/// padding taps. Empty, and free, for finite weights.
+#[derive(Clone, Debug, Default)]
+pub(super) struct NonFiniteTaps {
+    /// `(oc, ky, kx)`, sorted, no duplicates.
+    taps: Vec<(usize, usize, usize)>,
+}
+
+impl NonFiniteTaps {
+    /// Scans OIHW `weights` of geometry `p`.
+    pub(super) fn of_weights(p: &Conv2dParams, weights: &[f32]) -> NonFiniteTaps {
+        let [kh, kw] = p.kernel;
+        let per_oc = p.in_per_group() * kh * kw;
+        let mut taps: Vec<(usize, usize, usize)> = weights
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_finite())
+            .map(|(i, _)| (i / per_oc.max(1), (i / kw) % kh, i % kw))
+            .collect();
+        taps.sort_unstable();
+        taps.dedup();
+        NonFiniteTaps { taps }
+    }
+
+    /// The taps `(ky, kx)` of output channel `oc`.
+    fn of(&self, oc: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let lo = self.taps.partition_point(|t| t.0 < oc);
+        let hi = self.taps.partition_point(|t| t.0 <= oc);
+        self.taps[lo..hi].iter().map(|&(_, ky, kx)| (ky, kx))
     }
 }
 

@@ -12,10 +12,15 @@
 //! layout, so their scratch is proportional to the input. Per-thread buffers
 //! are kept between calls up to 16 MiB each and given back above that.
 
+mod depthwise;
+mod direct3x3;
 mod exec;
+mod frame;
+mod gemm;
 mod general;
 pub mod params;
 pub mod plan;
+mod pointwise;
 
 pub use params::Conv2dParams;
 pub use plan::{Family, KernelChoice, Plan};
@@ -62,6 +67,8 @@ pub struct Conv2d {
     weights: Vec<f32>,
     bias: Option<Vec<f32>>,
     packed: Vec<f32>,
+    /// Where the direct tap loop must give NaN for skipped padding taps.
+    nonfinite_taps: general::NonFiniteTaps,
 }
 
 impl Conv2d {
@@ -109,12 +116,13 @@ impl Conv2d {
             params,
             activation,
             parallelism: Parallelism::Rayon,
-            parallel_min_flops: exec::PAR_MIN_FLOPS,
+            parallel_min_flops: frame::PAR_MIN_FLOPS,
             scratch_limit: general::DEFAULT_SCRATCH_LIMIT_BYTES / size_of::<f32>(),
             plan,
             weights: weights.to_vec(),
             bias: bias.map(<[f32]>::to_vec),
             packed,
+            nonfinite_taps: general::NonFiniteTaps::of_weights(&params, weights),
         })
     }
 

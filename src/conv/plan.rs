@@ -5,7 +5,7 @@
 
 use super::params::Conv2dParams;
 use crate::error::Result;
-use repconv_kernels::{Isa, KernelInfo, Op, kernel_info};
+use repconv_kernels::{ConvShape, Isa, KernelInfo, Op, Precision, kernel_info, select};
 
 /// The kernel families a convolution can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,14 +45,16 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Validates `params` and picks the kernel for `isa`.
+    /// Validates `params` and picks the kernel for `isa`: the first registry
+    /// entry of the ISA that accepts the geometry ([`repconv_kernels::select`]).
     pub fn new(params: &Conv2dParams, choice: KernelChoice, isa: Isa) -> Result<Plan> {
         params.validate()?;
-        let (family, op) = match choice {
-            KernelChoice::General => (Family::General, Op::General),
-            KernelChoice::Auto => specialised(params),
+        let info = match choice {
+            KernelChoice::General => kernel_info(Op::General, isa),
+            KernelChoice::Auto => select(&shape(params), isa, Precision::F32)
+                .unwrap_or_else(|| kernel_info(Op::General, isa)),
         };
-        Ok(Plan { family, isa, info: kernel_info(op, isa) })
+        Ok(Plan { family: family(info.op), isa, info })
     }
 
     /// The kernel family.
@@ -76,42 +78,27 @@ impl Plan {
     }
 }
 
-/// The specialised family (and registry op) whose preconditions `p` meets,
-/// or the general path.
-fn specialised(p: &Conv2dParams) -> (Family, Op) {
-    let stride = if p.stride == [1, 1] {
-        Some(1)
-    } else if p.stride == [2, 2] {
-        Some(2)
-    } else {
-        None
-    };
-    let depthwise = p.groups == p.in_channels && p.groups == p.out_channels;
-    let pick = |s1: Op, s2: Op| if stride == Some(1) { s1 } else { s2 };
-    if p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0] && p.groups == 1 {
-        (Family::Conv1x1, Op::Conv1x1)
-    } else if p.kernel == [3, 3]
-        && p.padding == [1, 1]
-        && p.dilation == [1, 1]
-        && p.groups == 1
-        && stride.is_some()
-    {
-        (Family::Conv3x3, pick(Op::Conv3x3S1, Op::Conv3x3S2))
-    } else if p.kernel == [3, 3]
-        && p.padding == [1, 1]
-        && p.dilation == [1, 1]
-        && depthwise
-        && stride.is_some()
-    {
-        (Family::Dw3x3, pick(Op::Dw3x3S1, Op::Dw3x3S2))
-    } else if p.kernel == [1, 1]
-        && p.padding == [0, 0]
-        && depthwise
-        && p.groups > 1
-        && stride.is_some()
-    {
-        (Family::Dw1x1, pick(Op::Dw1x1S1, Op::Dw1x1S2))
-    } else {
-        (Family::General, Op::General)
+/// The registry's view of `p`.
+fn shape(p: &Conv2dParams) -> ConvShape {
+    ConvShape {
+        in_channels: p.in_channels,
+        out_channels: p.out_channels,
+        kernel: p.kernel,
+        stride: p.stride,
+        padding: p.padding,
+        dilation: p.dilation,
+        groups: p.groups,
+    }
+}
+
+/// The runner family of a registry op (a new op is a compile error here
+/// until it has a runner).
+fn family(op: Op) -> Family {
+    match op {
+        Op::Conv1x1 => Family::Conv1x1,
+        Op::Conv3x3S1 | Op::Conv3x3S2 => Family::Conv3x3,
+        Op::Dw3x3S1 | Op::Dw3x3S2 => Family::Dw3x3,
+        Op::Dw1x1S1 | Op::Dw1x1S2 => Family::Dw1x1,
+        Op::General => Family::General,
     }
 }

@@ -19,8 +19,8 @@
 //!
 //! Row `kk` of `b` starts at `b_off + rows.at(kk)`: a plain stride for a 1x1
 //! convolution ([`Strided`]), a tap-offset table for the direct 3x3 kernels
-//! ([`Table`]). Both are crate-private, so `max_row` always comes from
-//! [`Rows::max`] of the same rows.
+//! ([`Table`]). The largest row offset the kernel trusts comes with the rows
+//! in a [`BoundedRows`], which only computes it from them.
 //!
 //! Preconditions (asserted once at entry, with overflow-checked arithmetic):
 //! the packed block holds `(k+1)*MR` floats, `b[b_off + max_row .. + NRV*LANES]`
@@ -65,6 +65,42 @@ impl Rows for Table<'_> {
     }
     fn max(&self, k: usize) -> Option<usize> {
         Some(self.0[..k].iter().copied().max().unwrap_or(0))
+    }
+}
+
+/// The reduction rows `0..k` of some [`Rows`] with their largest offset,
+/// computed here from the rows themselves: the micro-kernel checks its reads
+/// against this bound once and then loads unchecked, so the bound must not
+/// come from a caller (a wrong one would read out of bounds).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BoundedRows<R: Rows> {
+    rows: R,
+    k: usize,
+    max: usize,
+}
+
+impl<R: Rows> BoundedRows<R> {
+    /// Rows `0..k` of `rows`; `None` if an offset overflows.
+    pub(crate) fn new(rows: R, k: usize) -> Option<Self> {
+        Some(BoundedRows { rows, k, max: rows.max(k)? })
+    }
+
+    /// Offset of row `kk`.
+    #[inline(always)]
+    pub(crate) fn at(&self, kk: usize) -> usize {
+        self.rows.at(kk)
+    }
+
+    /// The largest offset of rows `0..k` (0 when `k == 0`).
+    #[inline(always)]
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// How many rows the bound covers.
+    #[inline(always)]
+    pub(crate) fn k(&self) -> usize {
+        self.k
     }
 }
 
@@ -123,7 +159,6 @@ impl<'a> TileOut<'a> {
 }
 
 /// Computes one `MR x (NRV*LANES)` output tile; see the module docs.
-/// `max_row` must be `rows.max(k)`.
 ///
 /// # Panics
 /// If any of the preconditions in the module docs does not hold.
@@ -134,15 +169,14 @@ pub(crate) fn conv1x1_tile<V: Vector, const MR: usize, const NRV: usize, A: Act,
     packed: &[f32],
     b: &[f32],
     b_off: usize,
-    rows: R,
-    max_row: usize,
+    rows: BoundedRows<R>,
     c: &mut [f32],
     c_off: usize,
     ldc: usize,
 ) {
     let nr = NRV * V::LANES;
     let out = TileOut::of_slice(c, c_off, ldc, MR, nr);
-    conv1x1_tile_plus::<V, V, MR, NRV, 0, A, R>(k, packed, b, b_off, rows, max_row, out, nr)
+    conv1x1_tile_plus::<V, V, MR, NRV, 0, A, R>(k, packed, b, b_off, rows, out, nr)
 }
 
 /// [`conv1x1_tile`] plus `RC` more columns at `extra..extra + RC` (relative
@@ -176,12 +210,13 @@ pub(crate) fn conv1x1_tile_plus<
     packed: &[f32],
     b: &[f32],
     b_off: usize,
-    rows: R,
-    max_row: usize,
+    rows: BoundedRows<R>,
     out: TileOut<'_>,
     extra: usize,
 ) {
     const { assert!(RC <= 4) };
+    assert!(k <= rows.k(), "more reduction rows than the bound covers");
+    let max_row = rows.max();
     assert!(RC == 0 || G::LANES == MR, "one G vector per step's MR weights");
     let nr = NRV * V::LANES;
     let block = k.checked_add(1).and_then(|k1| k1.checked_mul(MR));
@@ -211,7 +246,8 @@ pub(crate) fn conv1x1_tile_plus<
         let mut bv = [V::zero(); NRV];
         for (j, v) in bv.iter_mut().enumerate() {
             // SAFETY: row <= b_off + max_row and row + extra + RC <= b.len()
-            // by the entry assert (max_row = rows.max(k) >= rows.at(kk)), and
+            // by the entry assert (max_row = rows.max() >= rows.at(kk) for
+            // kk < k <= rows.k(), computed by `BoundedRows::new`), and
             // NR <= extra.
             *v = unsafe { V::load_unchecked(b, row + j * V::LANES) };
         }

@@ -31,11 +31,13 @@
 mod microkernel;
 
 pub(crate) use microkernel::{
-    Rows, Strided, Table, TileOut, conv1x1_tile, conv1x1_tile_plus, fits,
+    BoundedRows, Rows, Strided, Table, TileOut, conv1x1_tile, conv1x1_tile_plus, fits,
 };
 
 use crate::act::{Act, Activation, with_act};
-use crate::isa::{Isa, Job, Vector, dispatch};
+use core::marker::PhantomData;
+
+use crate::isa::{Isa, Job, RegisterTile, TileJob, Vector, dispatch};
 use crate::lanes::Lanes;
 
 /// The largest register tile of any ISA, in floats (AVX-512: 8 x 48); sizes
@@ -44,15 +46,8 @@ pub(crate) const MAX_TILE: usize = 8 * 48;
 
 /// The register tile `(MR, NR)` of `isa`: output channels x pixels.
 pub fn tile(isa: Isa) -> (usize, usize) {
-    struct TileOf;
-    impl Job for TileOf {
-        type Out = (usize, usize);
-        #[inline(always)]
-        fn run<V: Vector>(self) -> (usize, usize) {
-            (V::GEMM_MR, V::GEMM_NRV * V::LANES)
-        }
-    }
-    dispatch(isa, TileOf)
+    let t = isa.kind().traits();
+    (t.gemm_mr, t.gemm_nr)
 }
 
 /// Length of the packed weights for `m` output rows and `k` reduction terms
@@ -179,11 +174,15 @@ pub(crate) struct GemmArgs<'a, R: Rows> {
 /// The GEMM with `V`'s register tile.
 #[inline(always)]
 pub(crate) fn gemm<V: Vector, A: Act, R: Rows>(args: GemmArgs<'_, R>, scratch: &mut [f32]) {
-    match (V::GEMM_MR, V::GEMM_NRV) {
-        (8, 3) => drive::<V, 8, 3, A, R>(args, scratch),
-        (6, 2) => drive::<V, 6, 2, A, R>(args, scratch),
-        _ => unreachable!("no GEMM driver for this tile"),
+    struct Drive<'a, 'b, V, A, R: Rows>(GemmArgs<'a, R>, &'b mut [f32], PhantomData<(V, A)>);
+    impl<V: Vector, A: Act, R: Rows> TileJob for Drive<'_, '_, V, A, R> {
+        type Out = ();
+        #[inline(always)]
+        fn run<const MR: usize, const NRV: usize>(self) {
+            drive::<V, MR, NRV, A, R>(self.0, self.1)
+        }
     }
+    V::Gemm::run(Drive::<V, A, R>(args, scratch, PhantomData))
 }
 
 #[inline(always)]
@@ -197,7 +196,8 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
     }
     let lanes = V::LANES;
     let nr = NRV * lanes;
-    let max_row = brows.max(k).expect("input row offsets overflow");
+    let brows = BoundedRows::new(brows, k).expect("input row offsets overflow");
+    let max_row = brows.max();
     assert!(ldc >= n, "output row stride must cover n");
     let block_len = k.checked_add(1).and_then(|k1| k1.checked_mul(MR)).expect("k overflows");
     let blocks = m.div_ceil(MR);
@@ -209,7 +209,7 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
     assert!((m - 1).checked_mul(ldc).is_some_and(|r| fits(r, n, c.len())), "output too short");
     assert!(k.checked_mul(nr).is_some_and(|len| scratch.len() >= len), "scratch too short");
 
-    let t = TileArgs { k, b, brows, max_row, ldc, m, block_len, nr };
+    let t = TileArgs { k, b, brows, ldc, m, block_len, nr };
     let tail = n % nr;
     let full_end = n - tail;
     // A tail of whole vectors plus at most GEMV_MAX_COLS columns: the vectors
@@ -313,16 +313,15 @@ fn tail_block<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
         }
         Tail::Padded { n0, cols, width } => {
             let panel = &panel[..k * width];
-            let prows = Strided(width);
-            let pmax = k.saturating_sub(1) * width;
+            let prows = BoundedRows::new(Strided(width), k).expect("the panel fits in memory");
             let pk = &packed[blk * block_len..(blk + 1) * block_len];
             let rows = (m - blk * MR).min(MR);
             let mut tile = [0.0f32; MAX_TILE];
             let tl = &mut tile;
             match width / V::LANES {
-                1 => conv1x1_tile::<V, MR, 1, A, _>(k, pk, panel, 0, prows, pmax, tl, 0, nr),
-                2 => conv1x1_tile::<V, MR, 2, A, _>(k, pk, panel, 0, prows, pmax, tl, 0, nr),
-                _ => conv1x1_tile::<V, MR, NRV, A, _>(k, pk, panel, 0, prows, pmax, tl, 0, nr),
+                1 => conv1x1_tile::<V, MR, 1, A, _>(k, pk, panel, 0, prows, tl, 0, nr),
+                2 => conv1x1_tile::<V, MR, 2, A, _>(k, pk, panel, 0, prows, tl, 0, nr),
+                _ => conv1x1_tile::<V, MR, NRV, A, _>(k, pk, panel, 0, prows, tl, 0, nr),
             }
             copy_tile(&tile, nr, rows, cols, c, blk * MR * ldc + n0, ldc);
         }
@@ -333,8 +332,7 @@ fn tail_block<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
 struct TileArgs<'a, R: Rows> {
     k: usize,
     b: &'a [f32],
-    brows: R,
-    max_row: usize,
+    brows: BoundedRows<R>,
     ldc: usize,
     m: usize,
     block_len: usize,
@@ -351,15 +349,15 @@ fn full_tile<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
     n0: usize,
     blk: usize,
 ) {
-    let TileArgs { k, b, brows, max_row, ldc, m, block_len, nr } = *t;
+    let TileArgs { k, b, brows, ldc, m, block_len, nr } = *t;
     let pk = &packed[blk * block_len..(blk + 1) * block_len];
     let rows = (m - blk * MR).min(MR);
     if rows == MR {
         let off = blk * MR * ldc + n0;
-        conv1x1_tile::<V, MR, NRV, A, R>(k, pk, b, n0, brows, max_row, c, off, ldc);
+        conv1x1_tile::<V, MR, NRV, A, R>(k, pk, b, n0, brows, c, off, ldc);
     } else {
         let mut tile = [0.0f32; MAX_TILE];
-        conv1x1_tile::<V, MR, NRV, A, R>(k, pk, b, n0, brows, max_row, &mut tile, 0, nr);
+        conv1x1_tile::<V, MR, NRV, A, R>(k, pk, b, n0, brows, &mut tile, 0, nr);
         copy_tile(&tile, nr, rows, nr, c, blk * MR * ldc + n0, ldc);
     }
 }
@@ -376,22 +374,14 @@ fn tile_plus<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
     r: usize,
     extra: usize,
 ) {
-    let TileArgs { k, b, brows, max_row, ldc, block_len, .. } = *t;
+    let TileArgs { k, b, brows, ldc, block_len, .. } = *t;
     let pk = &packed[blk * block_len..(blk + 1) * block_len];
     let out = TileOut::of_slice(c, blk * MR * ldc + n0, ldc, MR, extra + r);
     match r {
-        1 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 1, A, R>(
-            k, pk, b, n0, brows, max_row, out, extra,
-        ),
-        2 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 2, A, R>(
-            k, pk, b, n0, brows, max_row, out, extra,
-        ),
-        3 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 3, A, R>(
-            k, pk, b, n0, brows, max_row, out, extra,
-        ),
-        _ => conv1x1_tile_plus::<V, V::V8, MR, NRV, 4, A, R>(
-            k, pk, b, n0, brows, max_row, out, extra,
-        ),
+        1 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 1, A, R>(k, pk, b, n0, brows, out, extra),
+        2 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 2, A, R>(k, pk, b, n0, brows, out, extra),
+        3 => conv1x1_tile_plus::<V, V::V8, MR, NRV, 3, A, R>(k, pk, b, n0, brows, out, extra),
+        _ => conv1x1_tile_plus::<V, V::V8, MR, NRV, 4, A, R>(k, pk, b, n0, brows, out, extra),
     }
 }
 
@@ -405,7 +395,7 @@ fn vector_tail<V: Vector, const MR: usize, A: Act, R: Rows>(
     nv: usize,
     blk: usize,
 ) {
-    let TileArgs { k, b, brows, max_row, ldc, m, block_len, nr } = *t;
+    let TileArgs { k, b, brows, ldc, m, block_len, nr } = *t;
     let pk = &packed[blk * block_len..(blk + 1) * block_len];
     let rows = (m - blk * MR).min(MR);
     let mut tile = [0.0f32; MAX_TILE];
@@ -413,8 +403,8 @@ fn vector_tail<V: Vector, const MR: usize, A: Act, R: Rows>(
     let (cc, off, ld): (&mut [f32], usize, usize) =
         if direct { (&mut *c, blk * MR * ldc + n0, ldc) } else { (&mut tile, 0, nr) };
     match nv {
-        1 => conv1x1_tile::<V, MR, 1, A, R>(k, pk, b, n0, brows, max_row, cc, off, ld),
-        _ => conv1x1_tile::<V, MR, 2, A, R>(k, pk, b, n0, brows, max_row, cc, off, ld),
+        1 => conv1x1_tile::<V, MR, 1, A, R>(k, pk, b, n0, brows, cc, off, ld),
+        _ => conv1x1_tile::<V, MR, 2, A, R>(k, pk, b, n0, brows, cc, off, ld),
     }
     if !direct {
         copy_tile(&tile, nr, rows, nv * V::LANES, c, blk * MR * ldc + n0, ldc);

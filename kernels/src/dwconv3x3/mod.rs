@@ -49,8 +49,9 @@
 //! `output[..channels*oh*ow]`.
 //!
 //! NaN: a NaN input reaches exactly the outputs whose taps include it (padding
-//! lanes are cleared with a bitwise AND, which clears NaN too), and ReLU keeps
-//! NaN (see [`crate::act`]).
+//! lanes are cleared with a bitwise AND, which clears NaN too), a non-finite
+//! weight makes NaN of every output whose taps meet it in the padding (as
+//! `w * 0` does in PyTorch), and ReLU keeps NaN (see [`crate::act`]).
 
 #![allow(non_snake_case)]
 
@@ -74,7 +75,13 @@ use crate::lanes::Lanes;
 /// 56x56 planes), while AVX2 was fastest with 7.
 #[inline(always)]
 fn r_max<V: Vector>() -> usize {
-    if V::REGISTERS >= 16 { 7 } else { 4 }
+    s1_rows(V::REGISTERS)
+}
+
+/// Output rows per stride-1 band (see `r_max`) for an ISA with `registers`
+/// vector registers: the `R` of the kernel's name `dw3x3_s1p1_<R>x<LANES>`.
+pub const fn s1_rows(registers: usize) -> usize {
+    if registers >= 16 { 7 } else { 4 }
 }
 
 /// Fewest rows of a stride-1 band when a plane needs more than one band
@@ -107,32 +114,37 @@ fn out_region<V: Vector>(oh: usize, ow: usize) -> usize {
 }
 
 /// Floats of scratch one call of [`dw3x3_s1p1`] (`stride == 1`) or
-/// [`dw3x3_s2p1`] (`stride == 2`) with `isa` needs for `h x w` input planes.
-///
-/// # Panics
-/// If `h == 0`, `w == 0` or `stride` is not 1 or 2.
-pub fn scratch_len(isa: Isa, h: usize, w: usize, stride: usize) -> usize {
+/// [`dw3x3_s2p1`] (`stride == 2`) with `isa` needs for `h x w` input planes;
+/// `None` if `h` or `w` is 0, `stride` is not 1 or 2, or the planes are too
+/// large for the scratch's length to be computed.
+pub fn scratch_len(isa: Isa, h: usize, w: usize, stride: usize) -> Option<usize> {
     struct Len(usize, usize, usize);
     impl Job for Len {
-        type Out = usize;
+        type Out = Option<usize>;
         #[inline(always)]
-        fn run<V: Vector>(self) -> usize {
+        fn run<V: Vector>(self) -> Option<usize> {
             scratch_len_of::<V>(self.0, self.1, self.2)
         }
     }
     dispatch(isa, Len(h, w, stride))
 }
 
-fn scratch_len_of<V: Vector>(h: usize, w: usize, stride: usize) -> usize {
-    assert!(h >= 1 && w >= 1, "planes must be at least 1x1");
+fn scratch_len_of<V: Vector>(h: usize, w: usize, stride: usize) -> Option<usize> {
+    if h == 0 || w == 0 || !(stride == 1 || stride == 2) {
+        return None;
+    }
+    // Every length below is a few planes plus a few rows and vectors: with a
+    // plane under 1/64 of the address space none of them can wrap.
+    if h.checked_mul(w)? > isize::MAX as usize / 64 {
+        return None;
+    }
     let (oh, ow) = (out_dim(h, stride), out_dim(w, stride));
     match stride {
-        1 => {
-            (s1_in_region::<V>(h, w) + out_region::<V>(oh, ow)).max(flat_scratch_len::<V>(h, w, 1))
-        }
+        1 => Some(
+            (s1_in_region::<V>(h, w) + out_region::<V>(oh, ow)).max(flat_scratch_len::<V>(h, w, 1)),
+        ),
         // The stride-2 kernel reads the input in place.
-        2 => 0,
-        _ => panic!("stride must be 1 or 2"),
+        _ => Some(0),
     }
 }
 
@@ -342,10 +354,12 @@ fn check_args<V: Vector>(args: &Dw3x3Args<'_>, stride: usize, scratch: &[f32]) -
     let n_in =
         channels.checked_mul(h).and_then(|x| x.checked_mul(w)).expect("input size overflows");
     let n_out = channels * oh * ow; // <= n_in, which did not overflow
-    assert!(args.packed.len() >= channels * PACKED_PER_CHANNEL, "packed weights too short");
+    let packed_len = channels.checked_mul(PACKED_PER_CHANNEL).expect("channels overflow");
+    assert!(args.packed.len() >= packed_len, "packed weights too short");
     assert!(args.input.len() >= n_in, "input too short");
     assert!(args.output.len() >= n_out, "output too short");
-    assert!(scratch.len() >= scratch_len_of::<V>(h, w, stride), "scratch too short");
+    let need = scratch_len_of::<V>(h, w, stride).expect("planes too large");
+    assert!(scratch.len() >= need, "scratch too short");
     (oh, ow)
 }
 
@@ -427,7 +441,49 @@ fn run_dw(isa: Isa, act: Activation, stride: usize, args: Dw3x3Args<'_>, scratch
             dispatch(isa, S2::<A>(args, scratch, PhantomData))
         }
     }
-    with_act!(act, go::<_>(isa, stride, args, scratch))
+    let Dw3x3Args { channels, h, w, packed, input, output } = args;
+    let args = Dw3x3Args { channels, h, w, packed, input, output: &mut *output };
+    with_act!(act, go::<_>(isa, stride, args, scratch));
+    nan_through_padding(channels, [h, w], stride, packed, output);
+}
+
+/// Sets to NaN every output whose taps include a padding zero times a
+/// non-finite weight (`NaN * 0` and `inf * 0` are NaN in PyTorch, and in the
+/// kernels that multiply a padded copy; the in-place kernels skip padding
+/// taps instead). Free for finite weights: nine checks per channel. The
+/// inputs were checked by the kernel that ran first.
+fn nan_through_padding(
+    channels: usize,
+    [h, w]: [usize; 2],
+    stride: usize,
+    packed: &[f32],
+    output: &mut [f32],
+) {
+    let (oh, ow) = (out_dim(h, stride), out_dim(w, stride));
+    // Padded iff the input index `o * stride + t - 1` leaves `0..n`.
+    let padded = |o: usize, t: usize, n: usize| (o * stride + t).wrapping_sub(1) >= n;
+    for (blk, plane) in
+        packed.chunks_exact(PACKED_PER_CHANNEL).zip(output.chunks_exact_mut(oh * ow)).take(channels)
+    {
+        let taps = &blk[1..];
+        if taps.iter().all(|v| v.is_finite()) {
+            continue;
+        }
+        for (t, _) in taps.iter().enumerate().filter(|(_, v)| !v.is_finite()) {
+            let (ky, kx) = (t / 3, t % 3);
+            for (oy, row) in plane.chunks_exact_mut(ow).enumerate() {
+                if padded(oy, ky, h) {
+                    row.fill(f32::NAN);
+                    continue;
+                }
+                for (ox, v) in row.iter_mut().enumerate() {
+                    if padded(ox, kx, w) {
+                        *v = f32::NAN;
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[inline(always)]

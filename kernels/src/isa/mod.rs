@@ -64,10 +64,29 @@ impl IsaKind {
 
     /// f32 lanes per vector.
     pub const fn lanes(self) -> usize {
+        self.traits().lanes
+    }
+
+    /// The constants of the kind's vector type (lanes, registers, register
+    /// tiles), read without running any of its instructions: the registry,
+    /// the tile functions and the peak loop take them from here, so an ISA
+    /// states them once, in its own file.
+    pub const fn traits(self) -> IsaTraits {
         match self {
-            IsaKind::Avx512 => 16,
-            IsaKind::Avx2 | IsaKind::Portable => 8,
+            #[cfg(target_arch = "x86_64")]
+            IsaKind::Avx512 => IsaTraits::of::<x86_avx512::V512>(),
+            #[cfg(target_arch = "x86_64")]
+            IsaKind::Avx2 => IsaTraits::of::<x86_avx2::V256>(),
+            // Kinds with no instantiation in this build are never available;
+            // the portable constants stand in for them.
+            _ => IsaTraits::of::<portable::VP>(),
         }
+    }
+
+    /// Whether this build has an instantiation of the kind (the x86 ones
+    /// exist only on x86-64): the registry lists exactly these.
+    pub const fn compiled(self) -> bool {
+        matches!(self, IsaKind::Portable) || cfg!(target_arch = "x86_64")
     }
 
     /// Whether this CPU can run the kind's kernels (detected at run time;
@@ -90,6 +109,33 @@ impl IsaKind {
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
+        }
+    }
+}
+
+/// The constants of one ISA's vector type ([`IsaKind::traits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsaTraits {
+    /// f32 lanes per vector.
+    pub lanes: usize,
+    /// Vector registers (of this width) the kernels may plan for.
+    pub registers: usize,
+    /// GEMM register tile: output channels.
+    pub gemm_mr: usize,
+    /// GEMM register tile: pixels.
+    pub gemm_nr: usize,
+    /// Independent chains of the FMA peak loop.
+    pub peak_chains: usize,
+}
+
+impl IsaTraits {
+    const fn of<V: Vector>() -> IsaTraits {
+        IsaTraits {
+            lanes: V::LANES,
+            registers: V::REGISTERS,
+            gemm_mr: <V::Gemm as RegisterTile>::MR,
+            gemm_nr: <V::Gemm as RegisterTile>::NRV * V::LANES,
+            peak_chains: V::PEAK_CHAINS,
         }
     }
 }
@@ -214,10 +260,10 @@ pub(crate) const MAX_LANES: usize = 16;
 pub(crate) trait Vector: Copy + Send + Sync + 'static {
     /// f32 lanes.
     const LANES: usize;
-    /// Register tile of the GEMM micro-kernel for this ISA: output channels.
-    const GEMM_MR: usize;
-    /// Register tile of the GEMM micro-kernel: vectors along the pixels.
-    const GEMM_NRV: usize;
+    /// Register tile of the GEMM micro-kernel for this ISA (output channels x
+    /// vectors along the pixels), as a type, so drivers are instantiated for
+    /// it at compile time ([`RegisterTile::run`]) with no runtime match.
+    type Gemm: RegisterTile;
     /// Independent FMA chains of the peak loop ([`crate::peak`]): enough to
     /// cover FMA latency x FMA pipes, few enough to stay in registers.
     const PEAK_CHAINS: usize;
@@ -273,6 +319,7 @@ pub(crate) trait Vector: Copy + Send + Sync + 'static {
     /// `p .. p + n` must be writable.
     #[inline(always)]
     unsafe fn store_first(self, p: *mut f32, n: usize) {
+        const { assert!(Self::LANES <= MAX_LANES) };
         let mut buf = [0.0f32; MAX_LANES];
         // SAFETY: `buf` holds MAX_LANES >= LANES floats.
         unsafe { self.store_ptr(buf.as_mut_ptr()) };
@@ -287,6 +334,7 @@ pub(crate) trait Vector: Copy + Send + Sync + 'static {
     /// `p .. p + n` must be writable.
     #[inline(always)]
     unsafe fn store_lanes(self, p: *mut f32, first: usize, n: usize) {
+        const { assert!(Self::LANES <= MAX_LANES) };
         let mut buf = [0.0f32; MAX_LANES];
         // SAFETY: `buf` holds MAX_LANES >= LANES floats.
         unsafe { self.store_ptr(buf.as_mut_ptr()) };
@@ -299,6 +347,38 @@ pub(crate) trait Vector: Copy + Send + Sync + 'static {
     /// `a * b + c` on one float, fused where this ISA's vectors fuse (never a
     /// libm call).
     fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// A computation generic over a register tile's shape (`MR` rows x `NRV`
+/// vectors), run by [`RegisterTile::run`].
+pub(crate) trait TileJob {
+    /// What the job returns.
+    type Out;
+    /// Runs the job with the tile `MR x NRV`.
+    fn run<const MR: usize, const NRV: usize>(self) -> Self::Out;
+}
+
+/// A register tile as a type: an ISA names its GEMM tile once
+/// ([`Vector::Gemm`]), and every driver is instantiated for it from there.
+pub(crate) trait RegisterTile {
+    /// Output channels (rows) of the tile.
+    const MR: usize;
+    /// Vectors along the pixels (columns) of the tile.
+    const NRV: usize;
+    /// Runs `job` with this tile's constants.
+    fn run<J: TileJob>(job: J) -> J::Out;
+}
+
+/// The register tile of `MR` rows x `NRV` vectors.
+pub(crate) struct Tile<const MR: usize, const NRV: usize>;
+
+impl<const MR: usize, const NRV: usize> RegisterTile for Tile<MR, NRV> {
+    const MR: usize = MR;
+    const NRV: usize = NRV;
+    #[inline(always)]
+    fn run<J: TileJob>(job: J) -> J::Out {
+        job.run::<MR, NRV>()
+    }
 }
 
 /// A computation generic over the vector type, run by [`dispatch`] for one
@@ -330,7 +410,6 @@ pub(crate) fn dispatch<J: Job>(isa: Isa, job: J) -> J::Out {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lanes::Lanes;
 
     #[test]
     fn names_round_trip_and_unknown_is_an_error() {
@@ -340,42 +419,6 @@ mod tests {
         assert_eq!(Isa::from_name("sse9"), Err(IsaError::Unknown("sse9".into())));
         assert_eq!(Isa::from_name("portable"), Ok(Isa::portable()));
         assert_eq!(Isa::from_name("best"), Ok(Isa::best()));
-    }
-
-    /// `store_first` and `store_lanes` write exactly the lanes asked for,
-    /// where asked, on every ISA this CPU has (AVX-512's are masked stores
-    /// whose base address lies before the buffer).
-    #[test]
-    fn partial_stores_write_only_their_lanes() {
-        struct Check;
-        impl Job for Check {
-            type Out = ();
-            fn run<V: Vector>(self) {
-                let lanes = V::LANES;
-                let v = V::load(&core::array::from_fn::<f32, MAX_LANES, _>(|j| j as f32), 0);
-                for first in 0..=lanes {
-                    for n in 0..=lanes - first {
-                        // Sentinels around the n written floats.
-                        let mut buf = vec![-1.0f32; n + 2];
-                        // SAFETY: buf[1..1 + n] is writable.
-                        unsafe { v.store_lanes(buf.as_mut_ptr().add(1), first, n) };
-                        let want: Vec<f32> = (0..n).map(|i| (first + i) as f32).collect();
-                        assert_eq!(&buf[1..1 + n], &want[..], "first {first} n {n}");
-                        assert_eq!((buf[0], buf[n + 1]), (-1.0, -1.0), "first {first} n {n}");
-                        if first == 0 {
-                            let mut buf = vec![-1.0f32; n + 2];
-                            // SAFETY: as above.
-                            unsafe { v.store_first(buf.as_mut_ptr().add(1), n) };
-                            assert_eq!(&buf[1..1 + n], &want[..]);
-                            assert_eq!((buf[0], buf[n + 1]), (-1.0, -1.0));
-                        }
-                    }
-                }
-            }
-        }
-        for isa in Isa::available() {
-            dispatch(isa, Check);
-        }
     }
 
     #[test]

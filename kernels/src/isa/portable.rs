@@ -5,12 +5,12 @@
 
 use wide::{f32x8, u32x8};
 
-use super::Vector;
+use super::{Tile, Vector};
 
 /// Eight f32 lanes of `wide`.
 #[derive(Clone, Copy, Debug)]
 #[repr(transparent)]
-pub(crate) struct VP(f32x8);
+pub(super) struct VP(f32x8);
 
 /// Whether `f32::mul_add` is an instruction (not a libm call) in this build.
 const SCALAR_FMA: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
@@ -19,8 +19,7 @@ impl Vector for VP {
     const LANES: usize = 8;
     // The tile of the AVX2 instantiation: fits 16 registers of 8 lanes, and
     // NEON's 32 registers of 4 lanes.
-    const GEMM_MR: usize = 6;
-    const GEMM_NRV: usize = 2;
+    type Gemm = Tile<6, 2>;
     // Each f32x8 is two xmm registers on SSE2 (16 in all).
     const PEAK_CHAINS: usize = 6;
     const ONE_INSTRUCTION_PICK2: bool = false;

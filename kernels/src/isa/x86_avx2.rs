@@ -8,7 +8,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{Job, Vector};
+use super::{Job, Tile, Vector};
 /// Runs `job` compiled for AVX2 + FMA.
 ///
 /// # Safety
@@ -21,7 +21,7 @@ pub(super) unsafe fn run<J: Job>(job: J) -> J::Out {
 /// Eight f32 lanes in one ymm register.
 #[derive(Clone, Copy, Debug)]
 #[repr(transparent)]
-pub(crate) struct V256(__m256);
+pub(super) struct V256(__m256);
 
 /// Lane indices for [`Vector::pick2`]: the in-source index (`vpermps` uses
 /// its low 3 bits) and the lanes that take the second source.
@@ -34,8 +34,7 @@ pub(crate) struct Idx256 {
 impl Vector for V256 {
     const LANES: usize = 8;
     // 6 x 2 accumulators = 12 ymm, + 2 loads of B + 1 broadcast: of 16.
-    const GEMM_MR: usize = 6;
-    const GEMM_NRV: usize = 2;
+    type Gemm = Tile<6, 2>;
     // 16 chains + 2 operands would spill out of the 16 ymm registers.
     const PEAK_CHAINS: usize = 12;
     const ONE_INSTRUCTION_PICK2: bool = false;

@@ -14,7 +14,7 @@
 use core::arch::x86_64::*;
 
 use super::x86_avx2::V256;
-use super::{Job, Vector};
+use super::{Job, Tile, Vector};
 /// Runs `job` compiled for AVX-512F/VL/DQ (+AVX2, FMA).
 ///
 /// # Safety
@@ -27,17 +27,16 @@ pub(super) unsafe fn run<J: Job>(job: J) -> J::Out {
 /// Sixteen f32 lanes in one zmm register.
 #[derive(Clone, Copy, Debug)]
 #[repr(transparent)]
-pub(crate) struct V512(__m512);
+pub(super) struct V512(__m512);
 
 /// Lane indices for `vpermt2ps`.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Idx512(__m512i);
+pub(super) struct Idx512(__m512i);
 
 impl Vector for V512 {
     const LANES: usize = 16;
     // 8 x 3 accumulators = 24 zmm, + 3 loads of B + 1 broadcast: of 32.
-    const GEMM_MR: usize = 8;
-    const GEMM_NRV: usize = 3;
+    type Gemm = Tile<8, 3>;
     const PEAK_CHAINS: usize = 16;
     const ONE_INSTRUCTION_PICK2: bool = true;
     const REGISTERS: usize = 32;
