@@ -22,9 +22,10 @@ use proptest::prelude::*;
 use repconv_kernels::Activation;
 use repconv_kernels::bf16::conv1x1::kernel_name;
 use repconv_kernels::bf16::{
-    Bf16Isa, Bf16Kind, Conv1x1Bf16Args, Conv1x1Bf16PairedArgs, MR, NR, bf16_to_f32, conv1x1_bf16,
-    conv1x1_bf16_paired, convert_to_bf16, f32_to_bf16, pack_panel, pack_weights, packed_len,
-    panel_len, round_to_bf16, scratch_len,
+    Bf16Isa, Bf16Kind, Conv1x1Bf16Args, Conv1x1Bf16PairedArgs, Conv3x3Bf16Args, MR, NR,
+    bf16_to_f32, conv1x1_bf16, conv1x1_bf16_paired, conv3x3_bf16, conv3x3_kernel_name,
+    conv3x3_output_hw, conv3x3_scratch_len, convert_to_bf16, f32_to_bf16, pack_panel, pack_weights,
+    packed_len, panel_len, round_to_bf16, scratch_len,
 };
 use repconv_kernels::reference::{RefConv, conv2d_nchw_ref};
 
@@ -656,6 +657,177 @@ fn sizes_overflow_to_none() {
     assert_eq!(panel_len(5, 20, 30), Some(2 * 30 + 20));
 }
 
+/// One bf16 3x3 case on every implementation against the oracle on the
+/// bf16-rounded operands; the input slice runs into a NaN tail (an
+/// over-read poisons an output), the output sits in a NaN buffer whose tail
+/// must stay NaN, and both scratch buffers start as NaN.
+#[allow(clippy::too_many_arguments)]
+fn check3x3(
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    stride: usize,
+    relu: bool,
+    seed: u64,
+    nan_at: Option<usize>,
+) {
+    let mut rng = Rng(seed);
+    let mut x: Vec<f32> = (0..cin * h * w).map(|_| rng.uniform(0.0, 1.0)).collect();
+    if let Some(i) = nan_at {
+        let len = x.len();
+        x[i % len] = f32::NAN;
+    }
+    let k = cin * 9;
+    let wts: Vec<f32> = (0..cout * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let bias: Vec<f32> =
+        (0..cout).map(|_| rng.uniform(-1.0, 1.0) * (k as f32).sqrt() * 0.3).collect();
+    let p = RefConv {
+        n: 1,
+        cin,
+        h,
+        w,
+        cout,
+        kernel: [3, 3],
+        stride: [stride, stride],
+        padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        relu,
+    };
+    let xr: Vec<f32> = x.iter().map(|&v| round_to_bf16(v)).collect();
+    let wr: Vec<f32> = wts.iter().map(|&v| round_to_bf16(v)).collect();
+    let (want, mag) = conv2d_nchw_ref(&p, &xr, &wr, Some(&bias));
+    let (oh, ow) = conv3x3_output_hw(h, w, stride);
+    assert_eq!(want.len(), cout * oh * ow);
+    let mut packed = vec![0; packed_len(cout, k).unwrap()];
+    pack_weights(&wts, Some(&bias), cout, k, &mut packed);
+    let mut input = x.clone();
+    input.extend(std::iter::repeat_n(f32::NAN, TAIL_GUARD));
+    let (pl, pnl) = conv3x3_scratch_len(cin, h, w, stride).unwrap();
+    for isa in isas() {
+        let mut out = vec![f32::NAN; want.len() + TAIL_GUARD];
+        let mut prepared = vec![f32::NAN; pl];
+        let mut panel = vec![NAN_PAIR; pnl];
+        let act = if relu { Activation::Relu } else { Activation::Identity };
+        let args = Conv3x3Bf16Args {
+            cin,
+            h,
+            w,
+            cout,
+            stride,
+            packed: &packed,
+            input: &input,
+            output: &mut out,
+        };
+        conv3x3_bf16(isa, act, args, &mut prepared, &mut panel);
+        let name = conv3x3_kernel_name(isa, stride);
+        assert!(out[want.len()..].iter().all(|v| v.is_nan()), "{name}: wrote past the output");
+        let mut bad = Vec::new();
+        for (i, ((&g, &r), &mg)) in out.iter().zip(&want).zip(&mag).enumerate() {
+            let ok = if r.is_nan() {
+                g.is_nan()
+            } else if r.is_infinite() {
+                g == r
+            } else {
+                (g - r).abs() <= 1e-5 * mg + 1e-6
+            };
+            if !ok {
+                let (c, y, xx) = (i / (oh * ow), i / ow % oh, i % ow);
+                bad.push(format!("(c {c}, y {y}, x {xx}): got {g}, want {r}, magnitude {mg}"));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{name} cin {cin} cout {cout} {h}x{w} s{stride} relu {relu} nan {nan_at:?} ({} of {} wrong):\n{}",
+            bad.len(),
+            want.len(),
+            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
+#[test]
+fn conv3x3_canonical_shapes() {
+    let mut seed = 500;
+    for stride in [1, 2] {
+        for (cin, cout) in [(1, 1), (1, 9), (2, 8), (3, 17), (4, 5)] {
+            for (h, w) in
+                [(1, 1), (1, 7), (7, 1), (2, 2), (3, 5), (8, 8), (9, 17), (16, 16), (5, 33)]
+            {
+                seed += 1;
+                check3x3(cin, cout, h, w, stride, seed % 2 == 0, seed, None);
+            }
+        }
+    }
+}
+
+/// The MobileOne stem (3 -> 48, stride 2) at full size: k = 27 (odd, 14
+/// pairs), 112 x 112 outputs in two bands of rows.
+#[test]
+fn conv3x3_mobileone_stem() {
+    check3x3(3, 48, 224, 224, 2, true, 42, None);
+    check3x3(3, 48, 57, 61, 2, false, 43, None);
+    check3x3(48, 16, 14, 14, 1, false, 44, None);
+}
+
+#[test]
+fn conv3x3_nan_reaches_its_window_only() {
+    let mut seed = 600;
+    for stride in [1, 2] {
+        for (cin, h, w) in [(2, 5, 5), (3, 9, 17), (1, 16, 16)] {
+            let n_in = cin * h * w;
+            for at in [0, n_in - 1, w - 1, h * w - 1, n_in / 2] {
+                seed += 1;
+                check3x3(cin, 9, h, w, stride, seed % 2 == 0, seed, Some(at));
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "stride must be 1 or 2")]
+fn conv3x3_stride_3_panics() {
+    let packed = vec![0; packed_len(1, 9).unwrap()];
+    let mut out = vec![0.0; 4];
+    let args = Conv3x3Bf16Args {
+        cin: 1,
+        h: 4,
+        w: 4,
+        cout: 1,
+        stride: 3,
+        packed: &packed,
+        input: &[0.0; 16],
+        output: &mut out,
+    };
+    conv3x3_bf16(Bf16Isa::emulated(), Activation::Identity, args, &mut [0.0; 64], &mut [0; 64]);
+}
+
+#[test]
+#[should_panic(expected = "output too short")]
+fn conv3x3_short_output_panics() {
+    let packed = vec![0; packed_len(2, 9).unwrap()];
+    let (pl, pnl) = conv3x3_scratch_len(1, 4, 4, 2).unwrap();
+    let mut out = vec![0.0; 2 * 4 - 1];
+    let args = Conv3x3Bf16Args {
+        cin: 1,
+        h: 4,
+        w: 4,
+        cout: 2,
+        stride: 2,
+        packed: &packed,
+        input: &[0.0; 16],
+        output: &mut out,
+    };
+    conv3x3_bf16(
+        Bf16Isa::emulated(),
+        Activation::Identity,
+        args,
+        &mut vec![0.0; pl],
+        &mut vec![0; pnl],
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(150))]
 
@@ -670,6 +842,19 @@ proptest! {
         seed in any::<u64>(),
     ) {
         check(Case { m, k, n, ldb_extra, ldc_extra, relu, seed, ints: false }, Plant::default());
+    }
+
+    #[test]
+    fn prop_conv3x3_matches_reference(
+        cin in 1usize..=4,
+        cout in 1usize..=2 * MR + 1,
+        h in 1usize..=20,
+        w in 1usize..=40,
+        stride in 1usize..=2,
+        relu in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        check3x3(cin, cout, h, w, stride, relu, seed, None);
     }
 
     #[test]

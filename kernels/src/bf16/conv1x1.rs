@@ -73,7 +73,7 @@ pub fn packed_len(m: usize, k: usize) -> Option<usize> {
 
 /// Pixels per band of [`conv1x1_bf16`] for a reduction of `k`: a multiple of
 /// 48, at least 48, at most [`BAND_WORDS`] / `ceil(k/2)` when that allows.
-fn band_cols(k: usize) -> usize {
+pub(crate) fn band_cols(k: usize) -> usize {
     let kp = k.div_ceil(2).max(1);
     (BAND_WORDS / kp / NR * NR).max(NR)
 }
@@ -286,27 +286,29 @@ fn check_common(
     assert!(scratch_len(k, n).is_some_and(|len| scratch.len() >= len), "scratch too short");
 }
 
-/// The output side of one GEMM.
-struct Gemm<'a> {
-    m: usize,
-    k: usize,
-    n: usize,
-    packed: &'a [u32],
-    c: &'a mut [f32],
-    ldc: usize,
+/// The output side of one GEMM (see [`Conv1x1Bf16Args`]).
+pub(crate) struct Gemm<'a> {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub packed: &'a [u32],
+    pub c: &'a mut [f32],
+    pub ldc: usize,
 }
 
 /// The input side: a pair panel with row stride `ldp`; `padded` when every
 /// row is readable (and zero) up to `round_up(n, 16)` columns.
-struct Panel<'a> {
-    words: &'a [u32],
-    ldp: usize,
-    padded: bool,
+pub(crate) struct Panel<'a> {
+    pub words: &'a [u32],
+    pub ldp: usize,
+    pub padded: bool,
 }
 
-/// The tiles of one GEMM over one panel (see the module docs).
+/// The tiles of one GEMM over one panel (see the module docs). The slices
+/// are checked by the micro-kernel's entry asserts; the entry points check
+/// them once more up front, with the messages their docs name.
 #[inline(always)]
-fn drive<S: Simd, const RELU: bool>(g: Gemm<'_>, x: Panel<'_>, scratch: &mut [u32]) {
+pub(crate) fn drive<S: Simd, const RELU: bool>(g: Gemm<'_>, x: Panel<'_>, scratch: &mut [u32]) {
     let Gemm { m, k, n, packed, c, ldc } = g;
     let kp = k.div_ceil(2);
     let block_len = (kp + 1) * MR;

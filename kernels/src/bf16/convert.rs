@@ -169,46 +169,56 @@ pub(crate) fn convert_rows<S: Simd>(
     assert!(width >= cols && ldp >= width, "panel width");
     assert!(panel_len(k, width, ldp).is_some_and(|len| panel.len() >= len), "panel too short");
     assert!(input_fits(b.len(), k, ldb, col0, cols), "input too short");
-    let whole = cols / LANES * LANES;
-    let zero = S::zero();
     for p in 0..k.div_ceil(2) {
         let even = 2 * p * ldb + col0;
-        let odd = (2 * p + 1 < k).then(|| even + ldb);
+        let odd = (2 * p + 1 < k).then(|| &b[even + ldb..even + ldb + cols]);
         let dst = &mut panel[p * ldp..p * ldp + width];
-        // LOOP: whole vectors of 16 pixels, read in place.
-        for j in (0..whole).step_by(LANES) {
-            // SAFETY: `even + j + 16 <= even + cols`, and row `2p` (and `2p +
-            // 1` when it exists) holds columns `col0..col0 + cols` by the
-            // entry assert; `dst[j..j + 16]` is in bounds (`j + 16 <= width`)
-            // and uniquely borrowed.
-            unsafe {
-                let e = S::load_f32(b.as_ptr().add(even + j));
-                let o = match odd {
-                    Some(o) => S::load_f32(b.as_ptr().add(o + j)),
-                    None => zero,
-                };
-                S::store_pairs(S::pair(e, o), dst.as_mut_ptr().add(j));
-            }
+        pair_run::<S>(&b[even..even + cols], odd, &mut dst[..cols]);
+        dst[cols..].fill(0);
+    }
+}
+
+/// Converts one run of pixels of two channels into pair words:
+/// `dst[j] = bf16(even[j]) | bf16(odd[j]) << 16` (a zero high half without
+/// `odd`), 16 pixels per `vcvtne2ps2bf16` + word permute, the last partial
+/// vector through zero-filled buffers (no read or write past the slices).
+///
+/// # Panics
+/// If `odd` or `dst` is not as long as `even`.
+#[inline(always)]
+pub(crate) fn pair_run<S: Simd>(even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
+    let n = even.len();
+    assert!(dst.len() == n && odd.is_none_or(|o| o.len() == n), "run lengths");
+    let whole = n / LANES * LANES;
+    let zero = S::zero();
+    // LOOP: whole vectors of 16 pixels, read in place.
+    for j in (0..whole).step_by(LANES) {
+        // SAFETY: `j + 16 <= n` and all three slices hold `n` elements (entry
+        // assert); `dst` is uniquely borrowed.
+        unsafe {
+            let e = S::load_f32(even.as_ptr().add(j));
+            let o = match odd {
+                Some(o) => S::load_f32(o.as_ptr().add(j)),
+                None => zero,
+            };
+            S::store_pairs(S::pair(e, o), dst.as_mut_ptr().add(j));
         }
-        // The last partial vector and the zero columns up to `width`, through
-        // zero-filled buffers (no read past the rows).
-        for j in (whole..width).step_by(LANES) {
-            let n = cols.saturating_sub(j).min(LANES);
-            let mut e = [0.0f32; LANES];
-            let mut o = [0.0f32; LANES];
-            e[..n].copy_from_slice(&b[even + j..even + j + n]);
-            if let Some(odd) = odd {
-                o[..n].copy_from_slice(&b[odd + j..odd + j + n]);
-            }
-            let mut out = [0u32; LANES];
-            // SAFETY: the three buffers hold 16 elements each.
-            unsafe {
-                let v = S::pair(S::load_f32(e.as_ptr()), S::load_f32(o.as_ptr()));
-                S::store_pairs(v, out.as_mut_ptr());
-            }
-            let w = (width - j).min(LANES);
-            dst[j..j + w].copy_from_slice(&out[..w]);
+    }
+    let r = n - whole;
+    if r > 0 {
+        let mut e = [0.0f32; LANES];
+        let mut o = [0.0f32; LANES];
+        e[..r].copy_from_slice(&even[whole..]);
+        if let Some(odd) = odd {
+            o[..r].copy_from_slice(&odd[whole..]);
         }
+        let mut out = [0u32; LANES];
+        // SAFETY: the three buffers hold 16 elements each.
+        unsafe {
+            let v = S::pair(S::load_f32(e.as_ptr()), S::load_f32(o.as_ptr()));
+            S::store_pairs(v, out.as_mut_ptr());
+        }
+        dst[whole..].copy_from_slice(&out[..r]);
     }
 }
 

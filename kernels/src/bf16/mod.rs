@@ -43,6 +43,7 @@
 #![allow(non_snake_case)]
 
 pub mod conv1x1;
+pub mod conv3x3;
 mod convert;
 mod microkernel;
 pub mod peak;
@@ -55,6 +56,9 @@ use std::fmt;
 pub use conv1x1::{
     Conv1x1Bf16Args, Conv1x1Bf16PairedArgs, MR, NR, conv1x1_bf16, conv1x1_bf16_paired,
     pack_weights, packed_len, scratch_len,
+};
+pub use conv3x3::{
+    Conv3x3Bf16Args, conv3x3_bf16, conv3x3_kernel_name, conv3x3_output_hw, conv3x3_scratch_len,
 };
 pub use convert::{
     bf16_to_f32, convert_to_bf16, f32_to_bf16, pack_panel, panel_len, round_to_bf16,
