@@ -671,6 +671,7 @@ fn check3x3(
     relu: bool,
     seed: u64,
     nan_at: Option<usize>,
+    inf_weight_at: Option<usize>,
 ) {
     let mut rng = Rng(seed);
     let mut x: Vec<f32> = (0..cin * h * w).map(|_| rng.uniform(0.0, 1.0)).collect();
@@ -679,7 +680,13 @@ fn check3x3(
         x[i % len] = f32::NAN;
     }
     let k = cin * 9;
-    let wts: Vec<f32> = (0..cout * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mut wts: Vec<f32> = (0..cout * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    if let Some(i) = inf_weight_at {
+        // A non-finite weight meets the zero padding at the borders: NaN
+        // there (Inf * 0), as in PyTorch and the oracle; Inf inside.
+        let len = wts.len();
+        wts[i % len] = f32::INFINITY;
+    }
     let bias: Vec<f32> =
         (0..cout).map(|_| rng.uniform(-1.0, 1.0) * (k as f32).sqrt() * 0.3).collect();
     let p = RefConv {
@@ -756,7 +763,7 @@ fn conv3x3_canonical_shapes() {
                 [(1, 1), (1, 7), (7, 1), (2, 2), (3, 5), (8, 8), (9, 17), (16, 16), (5, 33)]
             {
                 seed += 1;
-                check3x3(cin, cout, h, w, stride, seed % 2 == 0, seed, None);
+                check3x3(cin, cout, h, w, stride, seed % 2 == 0, seed, None, None);
             }
         }
     }
@@ -766,9 +773,9 @@ fn conv3x3_canonical_shapes() {
 /// pairs), 112 x 112 outputs in two bands of rows.
 #[test]
 fn conv3x3_mobileone_stem() {
-    check3x3(3, 48, 224, 224, 2, true, 42, None);
-    check3x3(3, 48, 57, 61, 2, false, 43, None);
-    check3x3(48, 16, 14, 14, 1, false, 44, None);
+    check3x3(3, 48, 224, 224, 2, true, 42, None, None);
+    check3x3(3, 48, 57, 61, 2, false, 43, None, None);
+    check3x3(48, 16, 14, 14, 1, false, 44, None, None);
 }
 
 #[test]
@@ -779,7 +786,20 @@ fn conv3x3_nan_reaches_its_window_only() {
             let n_in = cin * h * w;
             for at in [0, n_in - 1, w - 1, h * w - 1, n_in / 2] {
                 seed += 1;
-                check3x3(cin, 9, h, w, stride, seed % 2 == 0, seed, Some(at));
+                check3x3(cin, 9, h, w, stride, seed % 2 == 0, seed, Some(at), None);
+            }
+        }
+    }
+}
+
+#[test]
+fn conv3x3_inf_weight_meets_padding_as_in_pytorch() {
+    let mut seed = 700;
+    for stride in [1, 2] {
+        for (cin, h, w) in [(1, 5, 5), (2, 9, 17), (3, 6, 1)] {
+            for at in [0, 4, 8, 9 * cin - 1] {
+                seed += 1;
+                check3x3(cin, 9, h, w, stride, seed % 2 == 0, seed, None, Some(at));
             }
         }
     }
@@ -854,7 +874,7 @@ proptest! {
         relu in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        check3x3(cin, cout, h, w, stride, relu, seed, None);
+        check3x3(cin, cout, h, w, stride, relu, seed, None, None);
     }
 
     #[test]

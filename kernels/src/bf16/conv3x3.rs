@@ -24,6 +24,10 @@
 //!    `oh * ow`): no wasted columns and no copy-out.
 //!
 //! The stem of MobileOne (3 -> 48, stride 2, 224x224) has `k = 27`, 14 pairs.
+//!
+//! The zero border takes part in the products like any input, so a weight
+//! that is NaN or infinite makes every output it meets NaN, borders included
+//! (`Inf * 0`), as in PyTorch and the reference convolution.
 
 use super::conv1x1::{BAND_WORDS, Gemm, Panel, drive, packed_len};
 use super::convert::pair_run;
