@@ -3,6 +3,8 @@
 //! variant and the field that names the problem (`what`, `name`, the lengths
 //! or shapes), not just that some error came back.
 
+mod common;
+
 use repconv::{Activation, Conv2d, Conv2dParams, Error, Tensor, TensorView, TensorViewMut};
 
 /// Asserts that `$result` is an `Err` matching `$pat`, printing the error otherwise.
@@ -265,4 +267,34 @@ fn loaders_reject_corrupt_files_without_panicking() {
         load_bytes(&good, &LoadOptions { variant: Some(Variant::S2), ..LoadOptions::default() })
             .unwrap_err();
     assert!(matches!(&err, Error::TensorShape { name, .. } if name.starts_with("stem")), "{err:?}");
+}
+
+/// What is not a regular file is an I/O error naming the path, returned at
+/// once: a FIFO with no writer (opening it for reading the ordinary way
+/// waits for a writer forever) and a directory, through both the checkpoint
+/// loader and the plain file reader.
+#[cfg(unix)]
+#[test]
+fn special_files_are_io_errors_without_blocking() {
+    use repconv::weights::{load, read_file};
+    let dir = std::env::temp_dir().join(format!("repconv-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("weights.safetensors");
+    common::watchdog::mkfifo(&fifo);
+    for path in [fifo, dir.clone()] {
+        let p = path.clone();
+        let (loaded, read) = common::watchdog::within(60, "loading a FIFO", move || {
+            (load(&p, &LoadOptions::default()).map(|_| ()), read_file(&p).map(|_| ()))
+        });
+        for result in [loaded, read] {
+            match result {
+                Err(Error::Io { path: p, reason }) => {
+                    assert_eq!(p, path.display().to_string());
+                    assert_eq!(reason, "not a regular file");
+                }
+                other => panic!("{}: got {other:?}", path.display()),
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -38,15 +38,18 @@
  * (REPCONV_ERR_ISA if this CPU lacks it). repconv_isa_best,
  * repconv_isa_default and repconv_conv_isa / repconv_net_isa report them.
  *
- * THREADS. Each handle runs its forward passes either on rayon's global pool
- * (the default, setting 0: one worker per CPU, or RAYON_NUM_THREADS, shared by
- * all such handles) or on a private pool of n workers owned by the handle
- * (repconv_conv_set_threads / repconv_net_set_threads with n = 1..1024); the
- * calling thread waits while the pool works. For one ISA, results are
- * bitwise identical for any thread count. Forward passes and queries may run
- * concurrently on one handle from any number of threads (a network keeps one
- * workspace per concurrent pass, so passes never wait for each other);
- * *_set_threads and *_destroy need the handle to themselves.
+ * THREADS. Each handle runs its forward passes either on the library's
+ * default pool (setting 0, the default: made on first use and shared by all
+ * such handles; RAYON_NUM_THREADS workers if that is a positive integer, at
+ * most 1024 (above, passes on it fail with REPCONV_ERR_THREADS), else one
+ * per CPU, at most 1024) or on a private pool of n workers owned by the
+ * handle (repconv_conv_set_threads / repconv_net_set_threads with
+ * n = 1..1024); the calling thread waits while the pool works. For one ISA,
+ * results are bitwise identical for any thread count. Forward passes,
+ * queries and *_set_threads may run concurrently on one handle from any
+ * number of threads (a network keeps one workspace per concurrent pass, so
+ * passes never wait for each other; a pass finishes on the pool it started
+ * on); only *_destroy needs the handle to itself.
  */
 
 #ifndef REPCONV_H
@@ -113,7 +116,9 @@
 #define REPCONV_ERR_FORMAT -8
 
 /**
- * The operating system refused to create a thread pool's worker threads.
+ * A thread pool could not be made: the operating system refused to create
+ * its worker threads, or (for the default pool of handles left at 0
+ * threads) RAYON_NUM_THREADS asks for more than 1024.
  */
 #define REPCONV_ERR_THREADS -9
 
@@ -347,21 +352,31 @@ int repconv_conv_isa(const struct repconv_conv *conv,
 
 /**
  * Sets the worker threads of the handle's forward passes: 0 (the default)
- * runs them on rayon's global pool (one thread per CPU, or
- * RAYON_NUM_THREADS), shared with every other handle left at 0; `n` from 1
- * to 1024 gives the handle a private pool of `n` threads (replacing any
- * previous one) that its forward passes run inside while the caller waits.
- * Results do not depend on the setting.
+ * runs them on the library's default pool, shared by every handle left at
+ * 0 and made on first use: RAYON_NUM_THREADS threads if that variable is a
+ * positive integer (above 1024, every forward pass and thread query on the
+ * default pool fails with REPCONV_ERR_THREADS), else one per CPU, at most
+ * 1024. `n` from 1 to 1024 gives the handle a private pool of `n` threads
+ * (replacing any previous one). Either way the caller waits while the pool
+ * works. Results do not depend on the setting.
+ *
+ * May be called while other threads run forward passes or queries on the
+ * handle: a pass already running finishes on the pool it started on (a
+ * replaced private pool's threads are joined when the last such pass
+ * returns); passes that start afterwards use the new setting. On failure
+ * the setting is unchanged.
  *
  * # Safety
- * `conv` must be NULL or a live handle on which no other call is running.
+ * `conv` must be NULL or a live handle.
  */
 int repconv_conv_set_threads(struct repconv_conv *conv,
                              size_t threads);
 
 /**
  * Sets `*threads` to the number of threads the handle's forward passes run
- * on: its private pool's size, or (set to 0) the global pool's.
+ * on: its private pool's size, or (set to 0) the default pool's (making
+ * it, if no call has yet; REPCONV_ERR_THREADS if it cannot be made, see
+ * `repconv_conv_set_threads`).
  *
  * # Safety
  * `conv` must be NULL or a live handle; `threads` NULL or writable.
@@ -389,8 +404,9 @@ void repconv_conv_destroy(struct repconv_conv *conv);
  *
  * On success `*out` is the new handle (free it with `repconv_net_destroy`);
  * on failure `*out` is NULL and the status is REPCONV_ERR_IO (unreadable,
- * or not a regular file) or REPCONV_ERR_FORMAT (not a checkpoint this
- * library can load; the message names the tensor).
+ * not a regular file, or too large to hold in memory; a FIFO or a device
+ * is refused without waiting on it or reading it) or REPCONV_ERR_FORMAT (not a checkpoint this library can load; the
+ * message names the tensor).
  *
  * # Safety
  * `path` must be NULL or a NUL-terminated string; `isa` NULL or
@@ -502,18 +518,21 @@ int repconv_net_isa(const struct repconv_net *net,
 
 /**
  * Sets the worker threads of the network's forward passes, as
- * `repconv_conv_set_threads`: 0 for rayon's global pool, 1 to 1024 for a
- * private pool of that many threads.
+ * `repconv_conv_set_threads`: 0 for the library's default pool, 1 to 1024
+ * for a private pool of that many threads. May be called while other
+ * threads run forward passes or queries on the handle (passes already
+ * running finish on the pool they started on).
  *
  * # Safety
- * `net` must be NULL or a live handle on which no other call is running.
+ * `net` must be NULL or a live handle.
  */
 int repconv_net_set_threads(struct repconv_net *net,
                             size_t threads);
 
 /**
  * Sets `*threads` to the number of threads the network's forward passes
- * run on: its private pool's size, or (set to 0) the global pool's.
+ * run on: its private pool's size, or (set to 0) the default pool's (as
+ * `repconv_conv_threads`).
  *
  * # Safety
  * `net` must be NULL or a live handle; `threads` NULL or writable.

@@ -171,10 +171,10 @@ pub unsafe extern "C" fn repconv_conv_create(
             // `bias_len` floats.
             Some(unsafe { ptr::array("bias", bias, bias_len) }?)
         };
-        let mut conv = Conv2d::new(params, weights, bias, activation)?;
-        if let Some(isa) = isa {
-            conv = conv.with_isa(isa)?;
-        }
+        let conv = match isa {
+            Some(isa) => Conv2d::new_on(params, weights, bias, activation, isa)?,
+            None => Conv2d::new(params, weights, bias, activation)?,
+        };
         let kernel_name = CString::new(conv.kernel_name()).unwrap_or_default();
         *out = Box::into_raw(Box::new(Conv { conv, kernel_name, threads: Threads::default() }));
         Ok(())
@@ -254,7 +254,7 @@ pub unsafe extern "C" fn repconv_conv_forward(
         let output = unsafe { ptr::array_mut("output", output, output_len) }?;
         let (input, output) =
             (TensorView::new(shape, input)?, TensorViewMut::new(out_shape, output)?);
-        h.threads.run(|| h.conv.forward_into(input, output)).map_err(shape_error)
+        h.threads.run(|| h.conv.forward_into(input, output))?.map_err(shape_error)
     })
 }
 
@@ -293,25 +293,35 @@ pub unsafe extern "C" fn repconv_conv_isa(conv: *const Conv, name: *mut *const c
 }
 
 /// Sets the worker threads of the handle's forward passes: 0 (the default)
-/// runs them on rayon's global pool (one thread per CPU, or
-/// RAYON_NUM_THREADS), shared with every other handle left at 0; `n` from 1
-/// to 1024 gives the handle a private pool of `n` threads (replacing any
-/// previous one) that its forward passes run inside while the caller waits.
-/// Results do not depend on the setting.
+/// runs them on the library's default pool, shared by every handle left at
+/// 0 and made on first use: RAYON_NUM_THREADS threads if that variable is a
+/// positive integer (above 1024, every forward pass and thread query on the
+/// default pool fails with REPCONV_ERR_THREADS), else one per CPU, at most
+/// 1024. `n` from 1 to 1024 gives the handle a private pool of `n` threads
+/// (replacing any previous one). Either way the caller waits while the pool
+/// works. Results do not depend on the setting.
+///
+/// May be called while other threads run forward passes or queries on the
+/// handle: a pass already running finishes on the pool it started on (a
+/// replaced private pool's threads are joined when the last such pass
+/// returns); passes that start afterwards use the new setting. On failure
+/// the setting is unchanged.
 ///
 /// # Safety
-/// `conv` must be NULL or a live handle on which no other call is running.
+/// `conv` must be NULL or a live handle.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn repconv_conv_set_threads(conv: *mut Conv, threads: usize) -> c_int {
     guard("repconv_conv_set_threads", || {
-        // SAFETY: the caller guarantees `conv` is NULL or a live handle used
-        // by no other call now.
-        unsafe { ptr::get_mut("conv", conv) }?.threads.set(threads)
+        // SAFETY: the caller guarantees `conv` is NULL or a live handle; the
+        // setting is behind a lock, so a shared reference suffices.
+        unsafe { ptr::get("conv", conv.cast_const()) }?.threads.set(threads)
     })
 }
 
 /// Sets `*threads` to the number of threads the handle's forward passes run
-/// on: its private pool's size, or (set to 0) the global pool's.
+/// on: its private pool's size, or (set to 0) the default pool's (making
+/// it, if no call has yet; REPCONV_ERR_THREADS if it cannot be made, see
+/// `repconv_conv_set_threads`).
 ///
 /// # Safety
 /// `conv` must be NULL or a live handle; `threads` NULL or writable.
@@ -320,8 +330,9 @@ pub unsafe extern "C" fn repconv_conv_threads(conv: *const Conv, threads: *mut u
     guard("repconv_conv_threads", || {
         // SAFETY: the caller guarantees `conv` is NULL or a live handle.
         let h = unsafe { ptr::get("conv", conv) }?;
+        let count = h.threads.count()?;
         // SAFETY: the caller guarantees `threads` is NULL or writable.
-        unsafe { ptr::write("threads", threads, h.threads.count()) }
+        unsafe { ptr::write("threads", threads, count) }
     })
 }
 

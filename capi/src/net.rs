@@ -1,9 +1,7 @@
 //! `repconv_net`: a MobileOne network loaded from a timm checkpoint.
 
 use std::ffi::{CStr, c_char, c_int};
-use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
 use repconv_rs::mobileone::{MobileOne, MobileOneConfig, Variant, Workspace};
@@ -11,9 +9,7 @@ use repconv_rs::tensor::checked_numel;
 use repconv_rs::weights::{self, Form, LoadOptions};
 use repconv_rs::{Isa, TensorView, TensorViewMut};
 
-use crate::status::{
-    Failure, REPCONV_ERR_IO, REPCONV_ERR_TOO_LARGE, Res, guard, load_error, shape_error,
-};
+use crate::status::{Failure, Res, guard, load_error, shape_error};
 use crate::threads::Threads;
 use crate::{isa_c_name, parse_isa, ptr};
 
@@ -64,7 +60,7 @@ impl Net {
         let mut ws = taken.unwrap_or_default();
         let result = self.threads.run(|| self.net.forward_into(input, logits, &mut ws));
         self.workspaces.lock().unwrap_or_else(PoisonError::into_inner).push(ws);
-        result.map_err(shape_error)
+        result?.map_err(shape_error)
     }
 }
 
@@ -79,12 +75,11 @@ fn variant_of(config: &MobileOneConfig) -> Option<Variant> {
     })
 }
 
-/// Finishes a load: applies the ISA and writes the new handle.
-fn finish_load(net: MobileOne, isa: Option<Isa>, out: &mut *mut Net) -> Res {
-    let net = match isa {
-        Some(isa) => net.with_isa(isa)?,
-        None => net,
-    };
+/// Loads a network from checkpoint bytes onto `isa`'s kernels (`None`: the
+/// process default) and writes the new handle.
+fn load_into(bytes: &[u8], isa: Option<Isa>, out: &mut *mut Net) -> Res {
+    let options = LoadOptions::default().with_isa(isa);
+    let net = weights::load_bytes(bytes, &options).map_err(load_error)?;
     *out = Box::into_raw(Box::new(Net::new(net, Threads::default())));
     Ok(())
 }
@@ -104,31 +99,6 @@ fn path_of(s: &CStr) -> Res<PathBuf> {
     }
 }
 
-/// The bytes of a checkpoint file. Only a regular file is read (a device
-/// such as /dev/zero would never end), into a buffer reserved fallibly, so
-/// no path makes the call abort the process for lack of memory.
-fn read_checkpoint(path: &Path) -> Res<Vec<u8>> {
-    let fail =
-        |reason: String| Failure::new(REPCONV_ERR_IO, format!("{}: {reason}", path.display()));
-    let mut file = File::open(path).map_err(|e| fail(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(fail("not a regular file".to_string()));
-    }
-    let mut bytes = Vec::new();
-    usize::try_from(meta.len()).ok().and_then(|len| bytes.try_reserve_exact(len).ok()).ok_or_else(
-        || {
-            Failure::new(
-                REPCONV_ERR_TOO_LARGE,
-                format!("{}: cannot allocate {} bytes to read it", path.display(), meta.len()),
-            )
-        },
-    )?;
-    // At most the size seen above, should the file grow meanwhile.
-    (&mut file).take(meta.len()).read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
-    Ok(bytes)
-}
-
 /// Loads a MobileOne network from a safetensors file in timm's parameter
 /// names, in either form (train-time multi-branch, or reparameterized; even
 /// mixed block by block), with F32, F16 or BF16 tensors. The variant (S0..S4)
@@ -138,8 +108,9 @@ fn read_checkpoint(path: &Path) -> Res<Vec<u8>> {
 ///
 /// On success `*out` is the new handle (free it with `repconv_net_destroy`);
 /// on failure `*out` is NULL and the status is REPCONV_ERR_IO (unreadable,
-/// or not a regular file) or REPCONV_ERR_FORMAT (not a checkpoint this
-/// library can load; the message names the tensor).
+/// not a regular file, or too large to hold in memory; a FIFO or a device
+/// is refused without waiting on it or reading it) or REPCONV_ERR_FORMAT (not a checkpoint this library can load; the
+/// message names the tensor).
 ///
 /// # Safety
 /// `path` must be NULL or a NUL-terminated string; `isa` NULL or
@@ -157,9 +128,10 @@ pub unsafe extern "C" fn repconv_net_load(
         let path = path_of(unsafe { ptr::c_str("path", path) }?)?;
         // SAFETY: the caller guarantees `isa` is NULL or NUL-terminated.
         let isa = parse_isa(unsafe { ptr::opt_c_str(isa) })?;
-        let bytes = read_checkpoint(&path)?;
-        let net = weights::load_bytes(&bytes, &LoadOptions::default()).map_err(load_error)?;
-        finish_load(net, isa, out)
+        // Only a regular file is read, opened without blocking (a FIFO or a
+        // device is an error), into a buffer reserved fallibly.
+        let bytes = weights::read_file(&path).map_err(Failure::from)?;
+        load_into(&bytes, isa, out)
     })
 }
 
@@ -183,8 +155,7 @@ pub unsafe extern "C" fn repconv_net_load_bytes(
         let bytes = unsafe { ptr::array("bytes", bytes, len) }?;
         // SAFETY: the caller guarantees `isa` is NULL or NUL-terminated.
         let isa = parse_isa(unsafe { ptr::opt_c_str(isa) })?;
-        let net = weights::load_bytes(bytes, &LoadOptions::default()).map_err(load_error)?;
-        finish_load(net, isa, out)
+        load_into(bytes, isa, out)
     })
 }
 
@@ -346,22 +317,25 @@ pub unsafe extern "C" fn repconv_net_isa(net: *const Net, name: *mut *const c_ch
 }
 
 /// Sets the worker threads of the network's forward passes, as
-/// `repconv_conv_set_threads`: 0 for rayon's global pool, 1 to 1024 for a
-/// private pool of that many threads.
+/// `repconv_conv_set_threads`: 0 for the library's default pool, 1 to 1024
+/// for a private pool of that many threads. May be called while other
+/// threads run forward passes or queries on the handle (passes already
+/// running finish on the pool they started on).
 ///
 /// # Safety
-/// `net` must be NULL or a live handle on which no other call is running.
+/// `net` must be NULL or a live handle.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn repconv_net_set_threads(net: *mut Net, threads: usize) -> c_int {
     guard("repconv_net_set_threads", || {
-        // SAFETY: the caller guarantees `net` is NULL or a live handle used by
-        // no other call now.
-        unsafe { ptr::get_mut("net", net) }?.threads.set(threads)
+        // SAFETY: the caller guarantees `net` is NULL or a live handle; the
+        // setting is behind a lock, so a shared reference suffices.
+        unsafe { ptr::get("net", net.cast_const()) }?.threads.set(threads)
     })
 }
 
 /// Sets `*threads` to the number of threads the network's forward passes
-/// run on: its private pool's size, or (set to 0) the global pool's.
+/// run on: its private pool's size, or (set to 0) the default pool's (as
+/// `repconv_conv_threads`).
 ///
 /// # Safety
 /// `net` must be NULL or a live handle; `threads` NULL or writable.
@@ -370,8 +344,9 @@ pub unsafe extern "C" fn repconv_net_threads(net: *const Net, threads: *mut usiz
     guard("repconv_net_threads", || {
         // SAFETY: the caller guarantees `net` is NULL or a live handle.
         let h = unsafe { ptr::get("net", net) }?;
+        let count = h.threads.count()?;
         // SAFETY: the caller guarantees `threads` is NULL or writable.
-        unsafe { ptr::write("threads", threads, h.threads.count()) }
+        unsafe { ptr::write("threads", threads, count) }
     })
 }
 

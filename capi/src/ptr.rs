@@ -98,18 +98,6 @@ pub(crate) unsafe fn get<'a, T>(what: &str, ptr: *const T) -> Res<&'a T> {
     Ok(unsafe { &*ptr })
 }
 
-/// An exclusive reference to the value at `ptr` (a handle being configured).
-///
-/// # Safety
-/// Unless NULL or misaligned, `ptr` must point to a live `T` that nothing
-/// else accesses for `'a`.
-pub(crate) unsafe fn get_mut<'a, T>(what: &str, ptr: *mut T) -> Res<&'a mut T> {
-    check(what, ptr)?;
-    // SAFETY: non-null and aligned (checked above); live and not otherwise
-    // accessed for 'a by this function's contract.
-    Ok(unsafe { &mut *ptr })
-}
-
 /// Writes an output argument.
 ///
 /// # Safety

@@ -36,7 +36,9 @@ pub const REPCONV_ERR_IO: c_int = -7;
 /// safetensors, truncated, a missing, unexpected or misshapen tensor, an
 /// unsupported dtype, unusable values (the message names the tensor).
 pub const REPCONV_ERR_FORMAT: c_int = -8;
-/// The operating system refused to create a thread pool's worker threads.
+/// A thread pool could not be made: the operating system refused to create
+/// its worker threads, or (for the default pool of handles left at 0
+/// threads) RAYON_NUM_THREADS asks for more than 1024.
 pub const REPCONV_ERR_THREADS: c_int = -9;
 /// The library panicked: a bug in repconv (please report it with the
 /// message). The panic was caught; the process and every handle remain

@@ -3,6 +3,10 @@
 //! passes equal the Rust API bit for bit (same ISA, any thread count);
 //! thread settings, ISA selection, queries, concurrency.
 
+#[path = "../../tests/common/watchdog.rs"]
+#[allow(dead_code)]
+mod watchdog;
+
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::ptr::{null, null_mut};
 
@@ -115,8 +119,8 @@ impl CConv {
         }
     }
 
-    fn set_threads(&mut self, n: usize) -> c_int {
-        // SAFETY: a live handle, borrowed exclusively.
+    fn set_threads(&self, n: usize) -> c_int {
+        // SAFETY: a live handle (the setting may change under running passes).
         unsafe { repconv_conv_set_threads(self.0, n) }
     }
 
@@ -142,8 +146,8 @@ impl Drop for CConv {
     }
 }
 
-// SAFETY: the handle is documented as usable from any thread (forward and
-// queries concurrently; set_threads and destroy need `&mut`/ownership here).
+// SAFETY: the handle is documented as usable from any thread (forward,
+// queries and set_threads concurrently; destroy needs ownership here).
 unsafe impl Send for CConv {}
 // SAFETY: as above.
 unsafe impl Sync for CConv {}
@@ -202,8 +206,8 @@ impl CNet {
         }
     }
 
-    fn set_threads(&mut self, n: usize) -> c_int {
-        // SAFETY: a live handle, borrowed exclusively.
+    fn set_threads(&self, n: usize) -> c_int {
+        // SAFETY: a live handle (the setting may change under running passes).
         unsafe { repconv_net_set_threads(self.0, n) }
     }
 
@@ -236,7 +240,8 @@ impl Drop for CNet {
     }
 }
 
-// SAFETY: forward and queries are documented as thread-safe on one handle.
+// SAFETY: forward, queries and set_threads are documented as thread-safe on
+// one handle; destroy needs ownership here.
 unsafe impl Send for CNet {}
 // SAFETY: as above.
 unsafe impl Sync for CNet {}
@@ -299,7 +304,7 @@ fn conv_forward_equals_the_rust_api_bit_for_bit() {
         ] {
             let rust = Conv2d::new(params, &w, bias, activation).unwrap();
             let want = bits(&rust_forward(&rust, &x, 0));
-            let mut c = CConv::create(&params, &w, bias, act, None).unwrap();
+            let c = CConv::create(&params, &w, bias, act, None).unwrap();
             assert_eq!(c.string(repconv_conv_kernel_name), rust.kernel_name());
             assert_eq!(c.string(repconv_conv_isa), rust.isa().name());
             let mut out_shape = [0usize; 4];
@@ -348,32 +353,126 @@ fn conv_on_every_available_isa() {
     }
 }
 
+/// The documented size of the default pool: RAYON_NUM_THREADS when it is a
+/// positive integer (this suite does not run with one above 1024), else one
+/// thread per CPU up to 1024.
+fn default_pool_size() -> usize {
+    match std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()) {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()).min(1024),
+    }
+}
+
 #[test]
 fn thread_settings() {
     let (params, shape) = layers().swap_remove(0);
     let w = values(3, params.weight_len().unwrap());
     let x = values(4, shape.iter().product());
-    let mut c = CConv::create(&params, &w, None, REPCONV_ACTIVATION_NONE, None).unwrap();
-    assert_eq!(c.threads(), rayon::current_num_threads());
+    let c = CConv::create(&params, &w, None, REPCONV_ACTIVATION_NONE, None).unwrap();
+    assert_eq!(c.threads(), default_pool_size());
     let mut want = vec![0.0; x.len()];
     assert_ok(c.forward(&x, shape, &mut want));
     for n in [1, 2, 5, 64, 0] {
         assert_ok(c.set_threads(n));
-        let expected = if n == 0 { rayon::current_num_threads() } else { n };
+        let expected = if n == 0 { default_pool_size() } else { n };
         assert_eq!(c.threads(), expected);
         let mut y = vec![0.0; x.len()];
         assert_ok(c.forward(&x, shape, &mut y));
         assert_eq!(bits(&y), bits(&want), "{n} threads");
     }
+    assert_ok(c.set_threads(3));
     assert_fails(c.set_threads(1025), REPCONV_ERR_INVALID_ARGUMENT, "1024");
-    assert_eq!(c.threads(), rayon::current_num_threads(), "a failed set keeps the setting");
+    assert_eq!(c.threads(), 3, "a failed set keeps the setting");
+}
+
+/// Forward passes from several threads on one handle while another thread
+/// keeps changing its thread count (private pools of 1 to 3 threads and the
+/// default pool): every result bitwise the one-thread result, no hang, no
+/// crash. `forward(i)` runs input `i` on the handle; `set(n)` sets its
+/// threads.
+fn forwards_survive_set_threads<H: Send + Sync + 'static>(
+    handle: H,
+    inputs: usize,
+    forward: fn(&H, usize) -> Vec<u32>,
+    set: fn(&H, usize) -> c_int,
+) {
+    assert_ok(set(&handle, 1));
+    let want: Vec<Vec<u32>> = (0..inputs).map(|i| forward(&handle, i)).collect();
+    let changes = watchdog::within(120, "forward passes while set_threads runs", move || {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let setter = s.spawn(|| {
+                let mut changes = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    assert_ok(set(&handle, [2, 0, 3, 1][changes % 4]));
+                    changes += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                changes
+            });
+            let passes: Vec<_> = (0..3)
+                .map(|t| {
+                    let (handle, want) = (&handle, &want);
+                    s.spawn(move || {
+                        for k in 0..12 {
+                            let i = (t + k) % inputs;
+                            assert_eq!(forward(handle, i), want[i], "input {i}, pass {k}");
+                        }
+                    })
+                })
+                .collect();
+            let joined: Vec<_> = passes.into_iter().map(|p| p.join()).collect();
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let changes = setter.join().unwrap();
+            for j in joined {
+                j.unwrap();
+            }
+            changes
+        })
+    });
+    assert!(changes >= 4, "only {changes} thread-count changes happened during the passes");
+}
+
+#[test]
+fn conv_set_threads_while_other_threads_forward() {
+    let (params, shape) = layers().swap_remove(1);
+    let w = values(15, params.weight_len().unwrap());
+    let c = CConv::create(&params, &w, None, REPCONV_ACTIVATION_RELU, None).unwrap();
+    let inputs: Vec<Vec<f32>> = (0..4).map(|i| values(150 + i, shape.iter().product())).collect();
+    let handle = (c, inputs, shape);
+    forwards_survive_set_threads(
+        handle,
+        4,
+        |(c, inputs, shape), i| {
+            let mut y = vec![f32::NAN; 2 * 32 * 23 * 29];
+            assert_ok(c.forward(&inputs[i], *shape, &mut y));
+            bits(&y)
+        },
+        |(c, _, _), n| c.set_threads(n),
+    );
+}
+
+#[test]
+fn net_set_threads_while_other_threads_forward() {
+    let c = CNet::load(&fixture("s0.fused.safetensors"), None).unwrap();
+    let inputs: Vec<Vec<f32>> = (0..3).map(|i| values(170 + i, 2 * 3 * 32 * 32)).collect();
+    forwards_survive_set_threads(
+        (c, inputs),
+        3,
+        |(c, inputs), i| {
+            let mut y = vec![f32::NAN; 20];
+            assert_ok(c.forward(&inputs[i], [2, 3, 32, 32], &mut y));
+            bits(&y)
+        },
+        |(c, _), n| c.set_threads(n),
+    );
 }
 
 #[test]
 fn one_conv_handle_shared_by_threads() {
     let (params, shape) = layers().swap_remove(1);
     let w = values(5, params.weight_len().unwrap());
-    let mut c = CConv::create(&params, &w, None, REPCONV_ACTIVATION_RELU, None).unwrap();
+    let c = CConv::create(&params, &w, None, REPCONV_ACTIVATION_RELU, None).unwrap();
     assert_ok(c.set_threads(2));
     let inputs: Vec<Vec<f32>> = (0..6).map(|i| values(50 + i, shape.iter().product())).collect();
     let out_len = 2 * 32 * 23 * 29;
@@ -586,13 +685,13 @@ fn net_forward_equals_the_rust_api_bit_for_bit() {
         let rust = rust_net(&path);
         let fused = rust.reparameterize().unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        for mut c in [CNet::load(&path, None).unwrap(), CNet::load_bytes(&bytes).unwrap()] {
+        for c in [CNet::load(&path, None).unwrap(), CNet::load_bytes(&bytes).unwrap()] {
             assert_eq!(c.string(repconv_net_variant), "s0");
             assert_eq!(c.string(repconv_net_isa), rust.isa().name());
             assert_eq!(c.usize(repconv_net_num_classes), 10);
             assert_eq!(c.usize(repconv_net_in_channels), 3);
             assert_eq!(c.form(), form);
-            let mut r = c.reparameterize();
+            let r = c.reparameterize();
             assert_eq!(r.form(), REPCONV_FORM_FUSED);
             for threads in [0, 1, 2] {
                 assert_ok(c.set_threads(threads));
@@ -631,7 +730,7 @@ fn net_isa_and_batch_shapes() {
 
 #[test]
 fn one_net_handle_shared_by_threads() {
-    let mut c = CNet::load(&fixture("s0.fused.safetensors"), None).unwrap();
+    let c = CNet::load(&fixture("s0.fused.safetensors"), None).unwrap();
     assert_ok(c.set_threads(2));
     let shape = [1, 3, 32, 32];
     let inputs: Vec<Vec<f32>> = (0..4).map(|i| values(70 + i, 3 * 32 * 32)).collect();
@@ -655,6 +754,26 @@ fn one_net_handle_shared_by_threads() {
             });
         }
     });
+}
+
+/// A FIFO with no writer is refused at once as not a regular file (opening
+/// it for reading the ordinary way would wait for a writer forever).
+#[cfg(unix)]
+#[test]
+fn net_load_refuses_a_fifo_without_blocking() {
+    let dir = std::env::temp_dir().join(format!("repconv-capi-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("model.safetensors");
+    watchdog::mkfifo(&fifo);
+    let path = fifo.to_str().unwrap().to_string();
+    let (status, message) = watchdog::within(60, "repconv_net_load on a FIFO", move || {
+        let status = CNet::load(&path, None).err().unwrap();
+        (status, last_error())
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(status, REPCONV_ERR_IO, "{message}");
+    assert!(message.contains("not a regular file"), "{message}");
+    assert!(message.contains("model.safetensors"), "{message}");
 }
 
 #[test]

@@ -76,9 +76,9 @@ impl Conv2d {
     /// and `bias` (`out_channels` long), picks the kernel and packs the weights.
     ///
     /// The kernels are those of the process's default instruction set,
-    /// [`Isa::from_env`]: `REPCONV_ISA` if set, else the best this CPU has
-    /// ([`Conv2d::with_isa`] picks another). An unknown or unsupported
-    /// `REPCONV_ISA` is an [`Error::Isa`].
+    /// [`Isa::from_env`]: `REPCONV_ISA` if set, else the best this CPU has.
+    /// An unknown or unsupported `REPCONV_ISA` is an [`Error::Isa`];
+    /// [`Conv2d::new_on`] takes the ISA instead, and never reads it.
     pub fn new(
         params: Conv2dParams,
         weights: &[f32],
@@ -88,8 +88,21 @@ impl Conv2d {
         Conv2d::with_choice(params, weights, bias, activation, KernelChoice::Auto)
     }
 
+    /// Like [`Conv2d::new`], on `isa`'s kernels: the process default
+    /// (`REPCONV_ISA`) is not consulted, so an unknown name there does not
+    /// make this fail.
+    pub fn new_on(
+        params: Conv2dParams,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        activation: Activation,
+        isa: Isa,
+    ) -> Result<Conv2d> {
+        Conv2d::with_choice_on(params, weights, bias, activation, KernelChoice::Auto, isa)
+    }
+
     /// Like [`Conv2d::new`], with an explicit kernel choice (e.g. the general
-    /// path as a baseline).
+    /// path as a baseline), on the process default ISA.
     pub fn with_choice(
         params: Conv2dParams,
         weights: &[f32],
@@ -97,7 +110,20 @@ impl Conv2d {
         activation: Activation,
         choice: KernelChoice,
     ) -> Result<Conv2d> {
-        let plan = Plan::new(&params, choice, Isa::from_env()?)?;
+        Conv2d::with_choice_on(params, weights, bias, activation, choice, Isa::from_env()?)
+    }
+
+    /// Like [`Conv2d::with_choice`], on `isa`'s kernels (the process default
+    /// is not consulted; see [`Conv2d::new_on`]).
+    pub fn with_choice_on(
+        params: Conv2dParams,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        activation: Activation,
+        choice: KernelChoice,
+        isa: Isa,
+    ) -> Result<Conv2d> {
+        let plan = Plan::new(&params, choice, isa)?;
         let expected = params.weight_len()?;
         if weights.len() != expected {
             return Err(Error::LengthMismatch { what: "weights", expected, got: weights.len() });

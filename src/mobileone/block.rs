@@ -141,9 +141,21 @@ pub struct ConvBn {
 
 impl ConvBn {
     /// Builds the branch from OIHW weights and its normalisation, whose
-    /// channel count must be `params.out_channels`.
+    /// channel count must be `params.out_channels`, on the process default
+    /// ISA ([`Isa::from_env`]).
     pub fn new(params: Conv2dParams, weights: &[f32], bn: BatchNorm2d) -> Result<Self> {
-        let conv = Conv2d::new(params, weights, None, Activation::None)?;
+        ConvBn::new_on(params, weights, bn, Isa::from_env()?)
+    }
+
+    /// Like [`new`](Self::new), on `isa`'s kernels (the process default is
+    /// not consulted).
+    pub fn new_on(
+        params: Conv2dParams,
+        weights: &[f32],
+        bn: BatchNorm2d,
+        isa: Isa,
+    ) -> Result<Self> {
+        let conv = Conv2d::new_on(params, weights, None, Activation::None, isa)?;
         if bn.channels() != params.out_channels {
             return Err(Error::LengthMismatch {
                 what: "branch batchnorm channels",
@@ -295,11 +307,24 @@ impl MobileOneBlock {
     /// running mean and variance are the measured per-channel statistics of
     /// its input on `x`, perturbed (see [`BatchNorm2d::calibrated`]). Every
     /// branch is then roughly normalised, so deep stacks of such blocks keep
-    /// their signal. BN eps is 1e-5.
+    /// their signal. BN eps is 1e-5. The block runs on the process default
+    /// ISA ([`Isa::from_env`]).
     pub fn random_calibrated(
         config: BlockConfig,
         x: &Tensor,
         rng: &mut SplitMix64,
+    ) -> Result<Self> {
+        MobileOneBlock::random_calibrated_on(config, x, rng, Isa::from_env()?)
+    }
+
+    /// Like [`random_calibrated`](Self::random_calibrated), on `isa`'s
+    /// kernels, which also measure the calibration statistics (the process
+    /// default is not consulted).
+    pub fn random_calibrated_on(
+        config: BlockConfig,
+        x: &Tensor,
+        rng: &mut SplitMix64,
+        isa: Isa,
     ) -> Result<Self> {
         config.validate()?;
         let nb = config.num_branches();
@@ -313,7 +338,7 @@ impl MobileOneBlock {
                 row.iter_mut().for_each(|w| *w *= gain);
                 gains.push(gain);
             }
-            let conv = Conv2d::new(params, &weights, None, Activation::None)?;
+            let conv = Conv2d::new_on(params, &weights, None, Activation::None, isa)?;
             let y = conv.forward(x)?;
             Ok(ConvBn { conv, bn: BatchNorm2d::calibrated(y.view(), &gains, nb, rng)? })
         };
@@ -471,7 +496,7 @@ impl MobileOneBlock {
             acc.add(&identity_kernel(c.out_channels, c.groups, [1, 1])?, [1, 1], bn);
         }
         let (weights, bias) = acc.finish();
-        ReparamBlock::new(*c, &weights, &bias, self.attn.clone())?.with_isa(self.isa())
+        ReparamBlock::new_on(*c, &weights, &bias, self.attn.clone(), self.isa())
     }
 }
 
@@ -498,12 +523,25 @@ pub struct ReparamBlock {
 
 impl ReparamBlock {
     /// Builds the fused block from OIHW weights (`config.conv_params()`) and a
-    /// bias of `out_channels`, plus SE exactly when `config.use_se`.
+    /// bias of `out_channels`, plus SE exactly when `config.use_se`, on the
+    /// process default ISA ([`Isa::from_env`]).
     pub fn new(
         config: BlockConfig,
         weights: &[f32],
         bias: &[f32],
         attn: Option<SqueezeExcite>,
+    ) -> Result<Self> {
+        ReparamBlock::new_on(config, weights, bias, attn, Isa::from_env()?)
+    }
+
+    /// Like [`new`](Self::new), on `isa`'s kernels (the process default is
+    /// not consulted).
+    pub fn new_on(
+        config: BlockConfig,
+        weights: &[f32],
+        bias: &[f32],
+        attn: Option<SqueezeExcite>,
+        isa: Isa,
     ) -> Result<Self> {
         config.validate()?;
         match (&attn, config.use_se) {
@@ -517,7 +555,7 @@ impl ReparamBlock {
             }
         }
         let act = if attn.is_some() { Activation::None } else { Activation::Relu };
-        let reparam_conv = Conv2d::new(config.conv_params(), weights, Some(bias), act)?;
+        let reparam_conv = Conv2d::new_on(config.conv_params(), weights, Some(bias), act, isa)?;
         Ok(ReparamBlock { config, reparam_conv, attn })
     }
 

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::TryLockError;
 
 use rayon::prelude::*;
 
@@ -374,15 +375,24 @@ impl MobileOne {
     /// 64x64 images (see [`MobileOneBlock::random_calibrated`]) so that, like
     /// a trained network, its activations stay normalised and its logits
     /// depend on the input. The same seed gives the same network in a given
-    /// build.
+    /// build. The network runs on the process default ISA
+    /// ([`Isa::from_env`]).
     pub fn random(config: MobileOneConfig, seed: u64) -> Result<Self> {
+        MobileOne::random_on(config, seed, Isa::from_env()?)
+    }
+
+    /// Like [`random`](Self::random), on `isa`'s kernels, which also measure
+    /// the calibration statistics (so the weights may differ from
+    /// `random`'s in the last bits when `isa` is not the default); the
+    /// process default is not consulted.
+    pub fn random_on(config: MobileOneConfig, seed: u64, isa: Isa) -> Result<Self> {
         let (stem_cfg, stage_cfgs) = config.block_configs()?;
         let mut rng = SplitMix64::new(seed);
         let shape = [2, config.in_channels, 64, 64];
         let len = crate::tensor::checked_numel("calibration input", shape)?;
         let mut x = Tensor::from_vec(shape, rng.uniform_vec(len, -1.0, 1.0))?;
         let mut make = |c: BlockConfig, rng: &mut SplitMix64| -> Result<Block> {
-            let b = MobileOneBlock::random_calibrated(c, &x, rng)?;
+            let b = MobileOneBlock::random_calibrated_on(c, &x, rng, isa)?;
             x = b.forward(&x)?;
             Ok(Block::MultiBranch(b))
         };
@@ -641,13 +651,24 @@ impl MobileOne {
         }
         let per_thread = &ws.per_thread;
         // One task per image; a task runs on one worker from start to end
-        // (its layers do not fork), with that worker's workspace.
+        // (its layers do not fork), with that worker's workspace. Should the
+        // workspace be in use all the same (a task that forked after all,
+        // letting this worker steal another image while it waited), the task
+        // gets a fresh one instead of waiting for a lock its own thread
+        // holds, as `crate::scratch` does for per-thread buffers.
         x_img.par_chunks(image).zip(f_img.par_chunks_mut(f)).try_for_each(|(xi, fi)| {
             let slot = rayon::current_thread_index().unwrap_or(0) % per_thread.len();
-            let mut wsi = per_thread[slot].lock().unwrap_or_else(|e| e.into_inner());
-            crate::parallel::serial_scope(|| {
-                self.image_features(TensorView::new([1, c, h, w], xi)?, fi, act_len, &mut wsi)
-            })
+            let mut run = |wsi: &mut Workspace| {
+                crate::parallel::serial_scope(|| {
+                    self.image_features(TensorView::new([1, c, h, w], xi)?, fi, act_len, wsi)
+                })
+            };
+            match per_thread[slot].try_lock() {
+                Ok(mut wsi) => run(&mut wsi),
+                // A task that panicked with it: the buffers are still usable.
+                Err(TryLockError::Poisoned(e)) => run(&mut e.into_inner()),
+                Err(TryLockError::WouldBlock) => run(&mut Workspace::new()),
+            }
         })?;
         // The rest one image at a time, each layer split across the threads.
         // Whole images, not whole layers over the batch: one image's
@@ -728,5 +749,45 @@ impl MobileOne {
         }
         ops::plane_means(&src[..c * h * w], h * w, feats);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker's workspace that is already locked (as when an image's task
+    /// forks and its worker steals another image meanwhile) does not stop
+    /// the batch: that image gets a workspace of its own, with the same
+    /// logits bit for bit.
+    #[test]
+    fn a_busy_per_thread_workspace_does_not_block_the_batch() {
+        let config = MobileOneConfig::variant(Variant::S0).with_num_classes(4);
+        let net = MobileOne::random(config, 3).unwrap().with_batch_split(BatchSplit::Images);
+        let x = Tensor::from_vec(
+            [4, 3, 32, 32],
+            SplitMix64::new(4).uniform_vec(4 * 3 * 32 * 32, -1.0, 1.0),
+        )
+        .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let want = pool.install(|| net.forward(&x)).unwrap();
+        let mut ws = Workspace::new();
+        ws.per_thread.resize_with(2, Default::default);
+        for slot in &ws.per_thread {
+            // Locked for good: every image finds its worker's slot taken.
+            std::mem::forget(slot.lock().unwrap());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut y = Tensor::zeros(want.shape()).unwrap();
+            let r = pool.install(|| net.forward_into(x.view(), y.view_mut(), &mut ws));
+            let _ = tx.send(r.map(|()| (y, want)));
+        });
+        let (got, want) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the batch waited for a workspace its worker's own task held")
+            .unwrap();
+        let bits = |t: &Tensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
     }
 }

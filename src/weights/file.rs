@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use safetensors::tensor::{SafeTensorError, TensorInfo};
@@ -262,10 +262,37 @@ fn io_error(path: &Path, e: &std::io::Error) -> Error {
     Error::Io { path: path.display().to_string(), reason: e.to_string() }
 }
 
-/// Reads a whole file.
+/// Reads a whole regular file. Anything else (a directory, a FIFO, a device
+/// such as `/dev/zero`, whose reading would never end) is an [`Error::Io`]
+/// saying "not a regular file", found without blocking: on Unix the path is
+/// opened non-blocking (opening a FIFO that has no writer would otherwise
+/// wait for one forever) and the type is checked on the opened file, so the
+/// path cannot change in between. The buffer is reserved fallibly: a file
+/// too large for memory is an [`Error::Io`] too, never an abort.
 pub fn read_file(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    std::fs::read(path).map_err(|e| io_error(path, &e))
+    let fail = |reason: String| Error::Io { path: path.display().to_string(), reason };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Reads of a regular file ignore the flag.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| io_error(path, &e))?;
+    let meta = file.metadata().map_err(|e| io_error(path, &e))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    usize::try_from(meta.len())
+        .ok()
+        .and_then(|len| bytes.try_reserve_exact(len).ok())
+        .ok_or_else(|| fail(format!("cannot allocate {} bytes to read it", meta.len())))?;
+    // At most the size seen above, should the file grow meanwhile.
+    file.take(meta.len()).read_to_end(&mut bytes).map_err(|e| io_error(path, &e))?;
+    Ok(bytes)
 }
 
 /// Writes `bytes` to `path` without ever leaving a partial file there: the

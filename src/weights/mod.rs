@@ -53,6 +53,7 @@ use crate::mobileone::{
     ReparamBlock, SqueezeExcite, Variant, se_channels,
 };
 use crate::tensor::Tensor;
+use repconv_kernels::Isa;
 
 use file::{OutTensor, TensorFile};
 pub use file::{read_file, write_file_atomic};
@@ -68,11 +69,15 @@ pub struct LoadOptions {
     pub variant: Option<Variant>,
     /// BatchNorm epsilon (not stored in checkpoints); timm uses 1e-5.
     pub bn_eps: f32,
+    /// The instruction set the network's kernels use; `None` for the
+    /// process default ([`Isa::from_env`], whose error the load then
+    /// returns). A given ISA never consults `REPCONV_ISA`.
+    pub isa: Option<Isa>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { variant: None, bn_eps: TIMM_BN_EPS }
+        LoadOptions { variant: None, bn_eps: TIMM_BN_EPS, isa: None }
     }
 }
 
@@ -80,6 +85,12 @@ impl LoadOptions {
     /// Options with a fixed variant.
     pub fn with_variant(mut self, variant: Option<Variant>) -> Self {
         self.variant = variant;
+        self
+    }
+
+    /// Options with a fixed instruction set (`None`: the process default).
+    pub fn with_isa(mut self, isa: Option<Isa>) -> Self {
+        self.isa = isa;
         self
     }
 }
@@ -132,13 +143,18 @@ fn join(prefix: &str, name: &str) -> String {
 pub fn load_bytes(bytes: &[u8], options: &LoadOptions) -> Result<MobileOne> {
     let mut file = TensorFile::parse(bytes)?;
     let config = network_config(&file, options)?;
+    let isa = match options.isa {
+        Some(isa) => isa,
+        None => Isa::from_env()?,
+    };
     let (stem_cfg, stage_cfgs) = config.block_configs()?;
-    let stem = load_block(&mut file, "stem", stem_cfg, options.bn_eps)?;
+    let eps = options.bn_eps;
+    let stem = load_block(&mut file, "stem", stem_cfg, eps, isa)?;
     let mut stages = Vec::with_capacity(stage_cfgs.len());
     for (s, cfgs) in stage_cfgs.iter().enumerate() {
         let mut blocks = Vec::with_capacity(cfgs.len());
         for (i, &cfg) in cfgs.iter().enumerate() {
-            blocks.push(load_block(&mut file, &format!("stages.{s}.{i}"), cfg, options.bn_eps)?);
+            blocks.push(load_block(&mut file, &format!("stages.{s}.{i}"), cfg, eps, isa)?);
         }
         stages.push(blocks);
     }
@@ -161,7 +177,7 @@ pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<MobileOne> 
 /// SE; the form and the number of conv branches come from the file.
 pub fn load_block_bytes(bytes: &[u8], config: BlockConfig, bn_eps: f32) -> Result<Block> {
     let mut file = TensorFile::parse(bytes)?;
-    let block = load_block(&mut file, "", config, bn_eps)?;
+    let block = load_block(&mut file, "", config, bn_eps, Isa::from_env()?)?;
     file.check_all_taken()?;
     Ok(block)
 }
@@ -268,11 +284,12 @@ fn load_conv_bn(
     prefix: &str,
     params: crate::Conv2dParams,
     eps: f32,
+    isa: Isa,
 ) -> Result<ConvBn> {
     let shape = [params.out_channels, params.in_per_group(), params.kernel[0], params.kernel[1]];
     let weights = file.take(&join(prefix, "conv.weight"), &shape)?;
     let bn = load_bn(file, &join(prefix, "bn"), params.out_channels, eps)?;
-    ConvBn::new(params, &weights, bn)
+    ConvBn::new_on(params, &weights, bn, isa)
 }
 
 fn load_se(file: &mut TensorFile<'_>, prefix: &str, channels: usize) -> Result<SqueezeExcite> {
@@ -284,13 +301,14 @@ fn load_se(file: &mut TensorFile<'_>, prefix: &str, channels: usize) -> Result<S
     SqueezeExcite::new(channels, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
 }
 
-/// Loads the block under `prefix` with `config`'s geometry and SE; its form
-/// and branch count come from the file.
+/// Loads the block under `prefix` with `config`'s geometry and SE onto
+/// `isa`'s kernels; its form and branch count come from the file.
 fn load_block(
     file: &mut TensorFile<'_>,
     prefix: &str,
     mut config: BlockConfig,
     eps: f32,
+    isa: Isa,
 ) -> Result<Block> {
     let attn = if config.use_se {
         Some(load_se(file, &join(prefix, "attn"), config.out_channels)?)
@@ -302,17 +320,17 @@ fn load_block(
     if file.has(&join(prefix, "reparam_conv.weight")) {
         let weights = file.take(&join(prefix, "reparam_conv.weight"), &weight_shape)?;
         let bias = file.take(&join(prefix, "reparam_conv.bias"), &[config.out_channels])?;
-        return Ok(Block::Reparam(ReparamBlock::new(config, &weights, &bias, attn)?));
+        return Ok(Block::Reparam(ReparamBlock::new_on(config, &weights, &bias, attn, isa)?));
     }
     let k = count_branches(file, prefix);
     if k > 0 {
         config.num_conv_branches = k;
     }
     let conv_kxk = (0..config.num_conv_branches)
-        .map(|b| load_conv_bn(file, &join(prefix, &format!("conv_kxk.{b}")), params, eps))
+        .map(|b| load_conv_bn(file, &join(prefix, &format!("conv_kxk.{b}")), params, eps, isa))
         .collect::<Result<Vec<_>>>()?;
     let conv_scale = if config.has_scale() {
-        Some(load_conv_bn(file, &join(prefix, "conv_scale"), config.scale_params(), eps)?)
+        Some(load_conv_bn(file, &join(prefix, "conv_scale"), config.scale_params(), eps, isa)?)
     } else {
         None
     };

@@ -2,8 +2,20 @@
 //! tolerance check against the reference convolution.
 #![allow(dead_code)]
 
-use repconv::{Activation, Conv2dParams};
+pub mod isas;
+pub mod watchdog;
+
+use repconv::{Activation, Conv2dParams, Isa};
 use repconv_kernels::reference::RefConv;
+
+/// Every instruction set this CPU supports, best first, for a per-ISA loop
+/// called `suite`: reported through [`isas::report`] (printed, and checked
+/// against REPCONV_REQUIRE_ISA).
+pub fn available_isas(suite: &str) -> Vec<Isa> {
+    let all: Vec<Isa> = Isa::available().collect();
+    isas::report(suite, &all.iter().map(|i| i.name()).collect::<Vec<_>>());
+    all
+}
 
 /// Deterministic pseudo-random values in [-1, 1) (SplitMix64), so tests never
 /// depend on a global RNG.
