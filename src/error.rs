@@ -104,6 +104,12 @@ pub enum Error {
     /// The requested instruction set is unknown or this CPU lacks it (from
     /// `REPCONV_ISA` or [`crate::Isa::from_name`]).
     Isa(crate::IsaError),
+    /// The requested precision cannot run here: bf16 needs a CPU with
+    /// AVX512_BF16 and the `avx512` kernels.
+    Precision {
+        /// Why not.
+        reason: String,
+    },
 }
 
 impl From<crate::IsaError> for Error {
@@ -158,6 +164,7 @@ impl fmt::Display for Error {
             }
             Error::Io { path, reason } => write!(f, "{path}: {reason}"),
             Error::Isa(e) => write!(f, "{e}"),
+            Error::Precision { reason } => write!(f, "{reason}"),
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod tensor;
 #[cfg(feature = "safetensors")]
 pub mod weights;
 
+pub use conv::plan::BF16_ENV;
 pub use conv::{Activation, Conv2d, Conv2dParams, Parallelism};
 pub use error::{Error, Result};
 pub use repconv_kernels::ISA_ENV;
@@ -51,7 +52,7 @@ pub const MAX_ELEMENTS: usize = 1 << 31;
 /// Instruction sets: [`Isa::best`] is what this CPU runs by default,
 /// [`Isa::available`] lists the others, [`Isa::from_name`] picks one by name,
 /// and [`Conv2d::with_isa`] (or the networks' `with_isa`) applies it.
-pub use repconv_kernels::{Isa, IsaError, IsaKind};
+pub use repconv_kernels::{Isa, IsaError, IsaKind, Precision};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -62,6 +62,10 @@ pub enum Precision {
     /// f32 inputs, weights, arithmetic and outputs.
     #[default]
     F32,
+    /// Inputs and weights rounded to bfloat16 (nearest even) for the
+    /// products, f32 sums, bias, activation and outputs ([`bf16`]); needs
+    /// AVX512_BF16.
+    Bf16,
 }
 
 impl Precision {
@@ -69,6 +73,7 @@ impl Precision {
     pub const fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
         }
     }
 }
@@ -145,6 +150,12 @@ struct Line {
     prefix: &'static str,
     tile: fn(IsaTraits) -> (usize, usize),
     accepts: fn(&ConvShape) -> bool,
+    /// The ISAs the line has an instantiation for.
+    on: fn(IsaKind) -> bool,
+}
+
+fn every_isa(_: IsaKind) -> bool {
+    true
 }
 
 fn gemm_tile(t: IsaTraits) -> (usize, usize) {
@@ -161,6 +172,16 @@ const LINES: &[Line] = &[
         prefix: "conv1x1",
         tile: gemm_tile,
         accepts: |s| s.square(1, 1, 0) && s.groups == 1,
+        on: every_isa,
+    },
+    Line {
+        op: Op::Conv1x1,
+        precision: Precision::Bf16,
+        prefix: "conv1x1_bf16",
+        tile: |_| (bf16::MR, bf16::NR),
+        // Reductions up to the f32 GEMM's limit, so its scratch stays bounded.
+        accepts: |s| s.square(1, 1, 0) && s.groups == 1 && s.in_channels <= 1 << 16,
+        on: |isa| isa == IsaKind::Avx512,
     },
     Line {
         op: Op::Conv3x3S1,
@@ -168,6 +189,7 @@ const LINES: &[Line] = &[
         prefix: "conv3x3_s1",
         tile: gemm_tile,
         accepts: |s| s.square(3, 1, 1) && s.groups == 1,
+        on: every_isa,
     },
     Line {
         op: Op::Conv3x3S2,
@@ -175,6 +197,7 @@ const LINES: &[Line] = &[
         prefix: "conv3x3_s2",
         tile: gemm_tile,
         accepts: |s| s.square(3, 2, 1) && s.groups == 1,
+        on: every_isa,
     },
     Line {
         op: Op::Dw3x3S1,
@@ -182,6 +205,7 @@ const LINES: &[Line] = &[
         prefix: "dw3x3_s1p1",
         tile: |t| (dwconv3x3::s1_rows(t.registers), t.lanes),
         accepts: |s| s.square(3, 1, 1) && s.depthwise(),
+        on: every_isa,
     },
     Line {
         op: Op::Dw3x3S2,
@@ -189,6 +213,7 @@ const LINES: &[Line] = &[
         prefix: "dw3x3_s2p1",
         tile: |t| (1, t.lanes),
         accepts: |s| s.square(3, 2, 1) && s.depthwise(),
+        on: every_isa,
     },
     Line {
         op: Op::Dw1x1S1,
@@ -196,6 +221,7 @@ const LINES: &[Line] = &[
         prefix: "dw1x1_s1",
         tile: |t| (1, t.lanes),
         accepts: |s| s.square(1, 1, 0) && s.depthwise() && s.groups > 1,
+        on: every_isa,
     },
     Line {
         op: Op::Dw1x1S2,
@@ -203,6 +229,7 @@ const LINES: &[Line] = &[
         prefix: "dw1x1_s2",
         tile: |_| (1, 1),
         accepts: |s| s.square(1, 2, 0) && s.depthwise() && s.groups > 1,
+        on: every_isa,
     },
     Line {
         op: Op::General,
@@ -210,6 +237,7 @@ const LINES: &[Line] = &[
         prefix: "general_im2col+conv1x1",
         tile: gemm_tile,
         accepts: |_| true,
+        on: every_isa,
     },
 ];
 
@@ -220,10 +248,12 @@ pub fn kernels() -> &'static [KernelInfo] {
     ALL.get_or_init(|| {
         let mut all = Vec::new();
         for isa in IsaKind::ALL.into_iter().filter(|k| k.compiled()) {
-            for line in LINES {
+            for line in LINES.iter().filter(|l| (l.on)(isa)) {
                 let (mr, nr) = (line.tile)(isa.traits());
                 let name = match line.precision {
                     Precision::F32 => format!("{}_{mr}x{nr}__{isa}", line.prefix),
+                    // The instruction set is the ISA's plus AVX512_BF16.
+                    Precision::Bf16 => format!("{}_{mr}x{nr}__{isa}bf16", line.prefix),
                 };
                 all.push(KernelInfo {
                     op: line.op,
@@ -270,15 +300,30 @@ mod tests {
     #[test]
     fn registry_has_each_op_once_per_compiled_isa_and_names_carry_isa_and_tile() {
         let compiled: Vec<IsaKind> = IsaKind::ALL.into_iter().filter(|k| k.compiled()).collect();
+        let mut lines = 0;
         for &kind in &compiled {
+            for line in LINES.iter().filter(|l| (l.on)(kind)) {
+                let same = |k: &&KernelInfo| {
+                    k.op == line.op && k.isa == kind && k.precision == line.precision
+                };
+                assert_eq!(kernels().iter().filter(same).count(), 1, "{:?} x {kind}", line.op);
+                lines += 1;
+            }
+            // Every op has an f32 kernel on every ISA.
             for line in LINES {
-                let n = kernels().iter().filter(|k| k.op == line.op && k.isa == kind).count();
-                assert_eq!(n, 1, "{:?} x {kind}", line.op);
+                let f32_of_op = |k: &&KernelInfo| {
+                    k.op == line.op && k.isa == kind && k.precision == Precision::F32
+                };
+                assert_eq!(kernels().iter().filter(f32_of_op).count(), 1);
             }
         }
-        assert_eq!(kernels().len(), LINES.len() * compiled.len());
+        assert_eq!(kernels().len(), lines);
         for k in kernels() {
-            assert!(k.name.ends_with(&format!("_{}x{}__{}", k.mr, k.nr, k.isa)), "{}", k.name);
+            let suffix = match k.precision {
+                Precision::F32 => format!("_{}x{}__{}", k.mr, k.nr, k.isa),
+                Precision::Bf16 => format!("_bf16_{}x{}__{}bf16", k.mr, k.nr, k.isa),
+            };
+            assert!(k.name.ends_with(&suffix), "{}", k.name);
         }
         let names: std::collections::HashSet<_> = kernels().iter().map(|k| k.name).collect();
         assert_eq!(names.len(), kernels().len(), "names are unique");
@@ -300,6 +345,7 @@ mod tests {
             assert!(kernels().iter().any(|k| k.name == "conv1x1_8x48__avx512"));
             assert!(kernels().iter().any(|k| k.name == "dw3x3_s1p1_7x16__avx512"));
             assert!(kernels().iter().any(|k| k.name == "dw1x1_s2_1x1__avx2"));
+            assert!(kernels().iter().any(|k| k.name == "conv1x1_bf16_8x48__avx512bf16"));
         }
     }
 
@@ -329,5 +375,12 @@ mod tests {
         assert_eq!(op(shape(3, 1, 1, 2, 8)), Some(Op::General));
         assert_eq!(op(ConvShape { dilation: [2, 2], ..shape(3, 1, 1, 1, 8) }), Some(Op::General));
         assert_eq!(op(ConvShape { stride: [1, 2], ..shape(3, 1, 1, 1, 8) }), Some(Op::General));
+        // bf16 kernels exist only for the 1x1 GEMM, and only with AVX-512.
+        if let Ok(avx512) = Isa::new(IsaKind::Avx512) {
+            let k = select(&shape(1, 1, 0, 1, 8), avx512, Precision::Bf16).unwrap();
+            assert_eq!((k.op, k.name), (Op::Conv1x1, "conv1x1_bf16_8x48__avx512bf16"));
+            assert!(select(&shape(3, 1, 1, 8, 8), avx512, Precision::Bf16).is_none());
+        }
+        assert!(select(&shape(1, 1, 0, 1, 8), isa, Precision::Bf16).is_none());
     }
 }

@@ -4,13 +4,13 @@
 //! [`depthwise`](super::depthwise)) sit on the frame ([`super::frame`]) and,
 //! for the GEMM families, on [`super::gemm`]; none of them imports this file.
 
-use repconv_kernels::{dwconv1x1, dwconv3x3};
+use repconv_kernels::{Precision, bf16, dwconv1x1, dwconv3x3};
 
 use super::frame::{forks, kernel_act};
 use super::params::Conv2dParams;
 use super::plan::{Family, Plan};
 use super::{Conv2d, depthwise, direct3x3, gemm, general, pointwise};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{TensorView, TensorViewMut};
 
 /// Packs OIHW weights and the bias for the plan's kernel family.
@@ -41,12 +41,36 @@ pub(super) fn pack(
     }
 }
 
+/// Packs OIHW weights and the bias for the plan's bf16 kernel (empty when
+/// the plan's kernel is an f32 one).
+pub(super) fn pack_bf16(
+    p: &Conv2dParams,
+    plan: &Plan,
+    weights: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<u32>> {
+    if plan.precision() != Precision::Bf16 {
+        return Ok(Vec::new());
+    }
+    // Only the 1x1 GEMM has a bf16 kernel (groups 1).
+    let (m, k) = (p.out_channels, p.in_channels);
+    let len = bf16::packed_len(m, k)
+        .filter(|&n| n <= crate::MAX_ELEMENTS)
+        .ok_or(Error::TooLarge { what: "packed weights" })?;
+    let mut packed = vec![0u32; len];
+    bf16::pack_weights(weights, bias, m, k, &mut packed);
+    Ok(packed)
+}
+
 /// Runs a validated convolution (shapes already checked by the caller).
 pub(super) fn run(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_>) {
     let act = kernel_act(conv.activation);
     let flops = conv.params.flops(input.shape()).unwrap_or(u64::MAX);
     let parallel = forks(conv, flops);
     match conv.plan.family() {
+        Family::Conv1x1 if conv.plan.precision() == Precision::Bf16 => {
+            pointwise::run_bf16(conv, act, input, output, parallel)
+        }
         Family::Conv1x1 if !general::uses_taps(conv) => {
             pointwise::run(conv, act, input, output, parallel)
         }

@@ -27,7 +27,7 @@ pub use plan::{Family, KernelChoice, Plan};
 
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorView, TensorViewMut};
-use repconv_kernels::Isa;
+use repconv_kernels::{Isa, Precision};
 
 /// The activation fused into the convolution's store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,6 +67,11 @@ pub struct Conv2d {
     weights: Vec<f32>,
     bias: Option<Vec<f32>>,
     packed: Vec<f32>,
+    /// The precision asked for ([`Conv2d::with_precision`]); the plan's
+    /// kernel computes in it where one exists for the geometry.
+    precision: Precision,
+    /// Packed weights of a bf16 kernel (empty for f32 kernels).
+    packed_bf16: Vec<u32>,
     /// Where the direct tap loop must give NaN for skipped padding taps.
     nonfinite_taps: general::NonFiniteTaps,
 }
@@ -138,6 +143,7 @@ impl Conv2d {
             });
         }
         let packed = exec::pack(&params, &plan, weights, bias)?;
+        let packed_bf16 = exec::pack_bf16(&params, &plan, weights, bias)?;
         Ok(Conv2d {
             params,
             activation,
@@ -148,6 +154,8 @@ impl Conv2d {
             weights: weights.to_vec(),
             bias: bias.map(<[f32]>::to_vec),
             packed,
+            precision: Precision::F32,
+            packed_bf16,
             nonfinite_taps: general::NonFiniteTaps::of_weights(&params, weights),
         })
     }
@@ -159,13 +167,41 @@ impl Conv2d {
         if isa == self.plan.isa() {
             return Ok(self);
         }
+        let precision = self.precision;
+        self.replanned(isa, precision)
+    }
+
+    /// The same convolution computed in `precision`. `Precision::Bf16` rounds
+    /// the weights (once, here) and the inputs to bfloat16 for the products
+    /// and keeps sums, bias, activation and outputs in f32; it runs on the 1x1
+    /// layers, where a bf16 kernel exists (`kernel_name` says which kernel
+    /// runs), and needs the `avx512` ISA on a CPU with AVX512_BF16, else
+    /// [`Error::Precision`]. `Precision::F32` is the default.
+    pub fn with_precision(self, precision: Precision) -> Result<Conv2d> {
+        if precision == self.precision {
+            return Ok(self);
+        }
+        let isa = self.plan.isa();
+        self.replanned(isa, precision)
+    }
+
+    /// The precision asked for with [`Conv2d::with_precision`].
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Re-plans and re-packs for `isa` and `precision` (the register tiles,
+    /// and so the packed layouts, differ between them).
+    fn replanned(self, isa: Isa, precision: Precision) -> Result<Conv2d> {
         let choice = match self.plan.family() {
             Family::General => KernelChoice::General,
             _ => KernelChoice::Auto,
         };
-        let plan = Plan::new(&self.params, choice, isa)?;
-        let packed = exec::pack(&self.params, &plan, &self.weights, self.bias.as_deref())?;
-        Ok(Conv2d { plan, packed, ..self })
+        let plan = Plan::with_precision(&self.params, choice, isa, precision)?;
+        let bias = self.bias.as_deref();
+        let packed = exec::pack(&self.params, &plan, &self.weights, bias)?;
+        let packed_bf16 = exec::pack_bf16(&self.params, &plan, &self.weights, bias)?;
+        Ok(Conv2d { plan, packed, packed_bf16, precision, ..self })
     }
 
     /// The instruction set the kernels run with.
@@ -178,6 +214,7 @@ impl Conv2d {
     /// [`repconv_kernels::prefetch::prefetch_l2`]).
     pub(crate) fn prefetch_weights(&self) {
         repconv_kernels::prefetch::prefetch_l2(&self.packed);
+        repconv_kernels::prefetch::prefetch_l2(bytemuck::cast_slice(&self.packed_bf16));
     }
 
     /// Sets whether this convolution may use rayon threads.

@@ -4,8 +4,13 @@
 //! process by [`Isa::from_env`]).
 
 use super::params::Conv2dParams;
-use crate::error::Result;
-use repconv_kernels::{ConvShape, Isa, KernelInfo, Op, Precision, kernel_info, select};
+use crate::error::{Error, Result};
+use std::sync::OnceLock;
+
+use repconv_kernels::bf16::{self, Bf16Isa, Bf16Kind};
+use repconv_kernels::{
+    ConvShape, Isa, IsaKind, KernelInfo, Op, Precision, kernel_info, kernels, select,
+};
 
 /// The kernel families a convolution can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,19 +47,57 @@ pub struct Plan {
     family: Family,
     isa: Isa,
     info: &'static KernelInfo,
+    /// The bf16 implementation, when the kernel is a bf16 one.
+    bf16: Option<Bf16Isa>,
 }
 
 impl Plan {
-    /// Validates `params` and picks the kernel for `isa`: the first registry
-    /// entry of the ISA that accepts the geometry ([`repconv_kernels::select`]).
+    /// Validates `params` and picks the f32 kernel for `isa`: the first
+    /// registry entry of the ISA that accepts the geometry
+    /// ([`repconv_kernels::select`]).
     pub fn new(params: &Conv2dParams, choice: KernelChoice, isa: Isa) -> Result<Plan> {
+        Plan::with_precision(params, choice, isa, Precision::F32)
+    }
+
+    /// [`Plan::new`] in `precision`: for `Bf16`, the bf16 kernel where one
+    /// accepts the geometry (the 1x1 GEMM) and the f32 kernel elsewhere.
+    /// `Bf16` needs the `avx512` ISA on a CPU with AVX512_BF16
+    /// ([`Error::Precision`] otherwise, never an illegal instruction).
+    pub fn with_precision(
+        params: &Conv2dParams,
+        choice: KernelChoice,
+        isa: Isa,
+        precision: Precision,
+    ) -> Result<Plan> {
         params.validate()?;
+        let bf16 = match precision {
+            Precision::Bf16 => Some(bf16_isa(isa)?),
+            Precision::F32 => None,
+        };
+        let shape = shape(params);
+        // The bf16 kernels exist for the avx512 ISA only; the software model
+        // (REPCONV_BF16=emulated) runs the same kernel with any ISA.
+        let bf16_kernel =
+            || kernels().iter().find(|k| k.precision == Precision::Bf16 && (k.accepts)(&shape));
         let info = match choice {
             KernelChoice::General => kernel_info(Op::General, isa),
-            KernelChoice::Auto => select(&shape(params), isa, Precision::F32)
+            KernelChoice::Auto => bf16
+                .and_then(|_| bf16_kernel())
+                .or_else(|| select(&shape, isa, Precision::F32))
                 .unwrap_or_else(|| kernel_info(Op::General, isa)),
         };
-        Ok(Plan { family: family(info.op), isa, info })
+        let bf16 = bf16.filter(|_| info.precision == Precision::Bf16);
+        Ok(Plan { family: family(info.op), isa, info, bf16 })
+    }
+
+    /// The bf16 implementation the kernel runs with, when it is a bf16 kernel.
+    pub fn bf16(&self) -> Option<Bf16Isa> {
+        self.bf16
+    }
+
+    /// The precision the chosen kernel computes in.
+    pub fn precision(&self) -> Precision {
+        self.info.precision
     }
 
     /// The kernel family.
@@ -67,14 +110,47 @@ impl Plan {
         self.isa
     }
 
-    /// The kernel's name, as in the kernels registry (e.g. `conv1x1_8x48__avx512`).
+    /// The kernel's name, as in the kernels registry (e.g. `conv1x1_8x48__avx512`;
+    /// `conv1x1_bf16_8x48__emulated` for the bf16 software model).
     pub fn kernel_name(&self) -> &'static str {
-        self.info.name
+        match self.bf16 {
+            Some(b) if b.kind() == Bf16Kind::Emulated => bf16::conv1x1::kernel_name(b),
+            _ => self.info.name,
+        }
     }
 
     /// The kernel's registry entry.
     pub fn kernel(&self) -> &'static KernelInfo {
         self.info
+    }
+}
+
+/// The environment variable that lets `Precision::Bf16` run on the bf16
+/// kernels' software model where the CPU lacks AVX512_BF16: `emulated`
+/// (slow: for tests and fidelity studies on any CPU). Unset, or `native`,
+/// bf16 needs the hardware.
+pub const BF16_ENV: &str = "REPCONV_BF16";
+
+/// Whether `REPCONV_BF16=emulated` (read once per process).
+fn emulation_allowed() -> bool {
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var(BF16_ENV).is_ok_and(|v| v.trim() == "emulated"))
+}
+
+/// The bf16 kernels' token for `isa`: the hardware with the avx512 ISA on a
+/// CPU with AVX512_BF16, else the software model if `REPCONV_BF16=emulated`,
+/// else an [`Error::Precision`] saying why.
+pub(crate) fn bf16_isa(isa: Isa) -> Result<Bf16Isa> {
+    let native = Bf16Isa::native();
+    match native {
+        Ok(b) if isa.kind() == IsaKind::Avx512 => Ok(b),
+        _ if emulation_allowed() => Ok(Bf16Isa::emulated()),
+        Ok(_) => Err(Error::Precision {
+            reason: format!("bf16 needs the avx512 kernels; this convolution runs {isa}"),
+        }),
+        Err(e) => Err(Error::Precision {
+            reason: format!("bf16: {e} (set {BF16_ENV}=emulated for the slow software model)"),
+        }),
     }
 }
 

@@ -2,9 +2,12 @@
 //! already (reduction = input channels, columns = pixels), so no copy.
 
 use repconv_kernels::Activation as KernelAct;
+use repconv_kernels::bf16::{self, Conv1x1Bf16Args};
 
 use super::Conv2d;
+use super::frame::for_each_row_block;
 use super::gemm::Gemm;
+use crate::scratch::with_panel;
 use crate::tensor::{TensorView, TensorViewMut};
 
 /// Runs a 1x1, stride-1, unpadded, ungrouped convolution (shapes checked).
@@ -34,5 +37,45 @@ pub(super) fn run(
             col0: 0,
         };
         gemm.run(yb, parallel);
+    }
+}
+
+/// [`run`] with the bf16 GEMM (`Precision::Bf16`): each task of whole
+/// 8-row blocks converts the input to bf16 pairs a band at a time in its own
+/// scratch and computes its rows; the split never changes any element's
+/// arithmetic.
+pub(super) fn run_bf16(
+    conv: &Conv2d,
+    act: KernelAct,
+    input: TensorView<'_>,
+    output: TensorViewMut<'_>,
+    parallel: bool,
+) {
+    let [_, cin, h, w] = input.shape();
+    let [_, cout, ..] = output.shape();
+    let npix = h * w;
+    // A plan with a bf16 kernel has its bf16 implementation.
+    let isa = conv.plan.bf16().expect("a bf16 plan");
+    let block_len = (cin.div_ceil(2) + 1) * bf16::MR;
+    // At most BAND_WORDS, or 48 columns of cin <= 65536 channel pairs.
+    let scratch = bf16::scratch_len(cin, npix).expect("bounded by the registry's predicate");
+    let x = input.as_slice();
+    let y = output.into_slice();
+    for (xb, yb) in x.chunks_exact(cin * npix).zip(y.chunks_exact_mut(cout * npix)) {
+        for_each_row_block(bf16::MR, yb, cout, npix, parallel, |first_block, yc| {
+            let args = Conv1x1Bf16Args {
+                m: yc.len() / npix,
+                k: cin,
+                n: npix,
+                packed: &conv.packed_bf16[first_block * block_len..],
+                b: xb,
+                ldb: npix,
+                c: yc,
+                ldc: npix,
+            };
+            with_panel(scratch, |s| {
+                bf16::conv1x1_bf16(isa, act, args, bytemuck::cast_slice_mut(s))
+            });
+        });
     }
 }

@@ -5,7 +5,7 @@
 use crate::conv::{Activation, Conv2d, Conv2dParams};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorView, TensorViewMut};
-use repconv_kernels::Isa;
+use repconv_kernels::{Isa, Precision};
 
 use super::batchnorm::BatchNorm2d;
 use super::ops;
@@ -192,6 +192,11 @@ impl ConvBn {
     /// The same branch on `isa`'s kernels.
     pub fn with_isa(self, isa: Isa) -> Result<Self> {
         Ok(ConvBn { conv: self.conv.with_isa(isa)?, ..self })
+    }
+
+    /// The same branch computed in `precision` ([`Conv2d::with_precision`]).
+    pub fn with_precision(self, precision: Precision) -> Result<Self> {
+        Ok(ConvBn { conv: self.conv.with_precision(precision)?, ..self })
     }
 }
 
@@ -477,6 +482,21 @@ impl MobileOneBlock {
         Ok(MobileOneBlock { conv_kxk, conv_scale, ..self })
     }
 
+    /// The precision asked for ([`MobileOneBlock::with_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.conv_kxk[0].conv.precision()
+    }
+
+    /// The same block with every convolution computed in `precision` where
+    /// a kernel of that precision exists for it ([`Conv2d::with_precision`]).
+    pub fn with_precision(self, precision: Precision) -> Result<Self> {
+        let p = precision;
+        let conv_kxk =
+            self.conv_kxk.into_iter().map(|b| b.with_precision(p)).collect::<Result<Vec<_>>>()?;
+        let conv_scale = self.conv_scale.map(|b| b.with_precision(p)).transpose()?;
+        Ok(MobileOneBlock { conv_kxk, conv_scale, ..self })
+    }
+
     /// Folds every branch into one convolution with bias: each BN into its
     /// convolution, the 1x1 scale kernel zero-padded to kxk, the skip BN as a
     /// kxk identity kernel, all summed (in `f64`). The result has the same
@@ -496,7 +516,8 @@ impl MobileOneBlock {
             acc.add(&identity_kernel(c.out_channels, c.groups, [1, 1])?, [1, 1], bn);
         }
         let (weights, bias) = acc.finish();
-        ReparamBlock::new_on(*c, &weights, &bias, self.attn.clone(), self.isa())
+        ReparamBlock::new_on(*c, &weights, &bias, self.attn.clone(), self.isa())?
+            .with_precision(self.precision())
     }
 }
 
@@ -631,6 +652,17 @@ impl ReparamBlock {
     pub fn with_isa(self, isa: Isa) -> Result<Self> {
         Ok(ReparamBlock { reparam_conv: self.reparam_conv.with_isa(isa)?, ..self })
     }
+
+    /// The precision asked for ([`ReparamBlock::with_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.reparam_conv.precision()
+    }
+
+    /// The same block computed in `precision` ([`Conv2d::with_precision`]).
+    pub fn with_precision(self, precision: Precision) -> Result<Self> {
+        let reparam_conv = self.reparam_conv.with_precision(precision)?;
+        Ok(ReparamBlock { reparam_conv, ..self })
+    }
 }
 
 /// A MobileOne block in either form.
@@ -684,6 +716,22 @@ impl Block {
         Ok(match self {
             Block::MultiBranch(b) => Block::MultiBranch(b.with_isa(isa)?),
             Block::Reparam(b) => Block::Reparam(b.with_isa(isa)?),
+        })
+    }
+
+    /// The precision asked for ([`Block::with_precision`]).
+    pub fn precision(&self) -> Precision {
+        match self {
+            Block::MultiBranch(b) => b.precision(),
+            Block::Reparam(b) => b.precision(),
+        }
+    }
+
+    /// The same block computed in `precision` ([`Conv2d::with_precision`]).
+    pub fn with_precision(self, precision: Precision) -> Result<Block> {
+        Ok(match self {
+            Block::MultiBranch(b) => Block::MultiBranch(b.with_precision(precision)?),
+            Block::Reparam(b) => Block::Reparam(b.with_precision(precision)?),
         })
     }
 

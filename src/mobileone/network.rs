@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorView, TensorViewMut};
-use repconv_kernels::Isa;
+use repconv_kernels::{Isa, Precision};
 
 use super::block::{Block, BlockConfig, MobileOneBlock};
 use super::ops;
@@ -493,6 +493,29 @@ impl MobileOne {
             .stages
             .into_iter()
             .map(|s| s.into_iter().map(|b| b.with_isa(isa)).collect())
+            .collect::<Result<Vec<Vec<Block>>>>()?;
+        Ok(MobileOne { stem, stages, ..self })
+    }
+
+    /// The precision the network was asked to compute in
+    /// ([`MobileOne::with_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.stem.precision()
+    }
+
+    /// The same network computed in `precision`: with `Precision::Bf16`,
+    /// every convolution that has a bf16 kernel (the 1x1 layers: about 90%
+    /// of the FLOPs) rounds its weights and inputs to bfloat16 and sums in
+    /// f32; the stem, the depthwise layers, squeeze-excitation, pooling and
+    /// the classifier stay f32, and the logits are f32. Carried through
+    /// [`MobileOne::reparameterize`]. `Bf16` needs the `avx512` ISA on a CPU
+    /// with AVX512_BF16, else [`crate::Error::Precision`].
+    pub fn with_precision(self, precision: Precision) -> Result<MobileOne> {
+        let stem = self.stem.with_precision(precision)?;
+        let stages = self
+            .stages
+            .into_iter()
+            .map(|s| s.into_iter().map(|b| b.with_precision(precision)).collect())
             .collect::<Result<Vec<Vec<Block>>>>()?;
         Ok(MobileOne { stem, stages, ..self })
     }
