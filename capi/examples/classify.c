@@ -5,7 +5,7 @@
  *
  * usage: classify [-r] [-t THREADS] [-i ISA] MODEL.safetensors INPUT.f32 N C H W [EXPECTED.f32]
  *   -r          reparameterize the loaded network before running it
- *   -t THREADS  run on a private pool of THREADS workers (default: the global pool)
+ *   -t THREADS  run on a private pool of THREADS workers (default: the library's default pool)
  *   -i ISA      best, avx512, avx2 or portable (default: REPCONV_ISA, else the best)
  *   INPUT.f32   N*C*H*W float32 in NCHW order, in this machine's byte order
  *   EXPECTED.f32  N*num_classes float32 logits to compare against
