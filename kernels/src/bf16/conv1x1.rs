@@ -32,7 +32,11 @@
 //! column tile (its `kp x 48` panel strip stays in L1/L2 across blocks).
 //! Whole tiles of whole blocks are stored straight into `C`; a block with
 //! fewer than 8 rows, or the last `n % 48` columns, go through a stack tile
-//! of which only the valid part is copied out. The column tail reads whole
+//! of which only the valid part is copied out. A tail of 1-4 columns (7x7
+//! and 14x14 planes) is instead a GEMV over the block's 8 rows
+//! (`vdpbf16ps ymm`, one per pair and column), run block by block right after
+//! the block's last full tile: a 16-lane tile for one useful column cost 8 of
+//! the block's 32 `vdpbf16ps` per pair on a 7x7 plane. The column tail reads whole
 //! vectors from a zero-padded panel (the converted band has its width
 //! rounded up to 16 with zero pairs; a caller's panel has its tail copied
 //! into scratch first), so no lane is garbage and nothing is read past a
@@ -314,8 +318,14 @@ pub(crate) fn drive<S: Simd, const RELU: bool>(g: Gemm<'_>, x: Panel<'_>, scratc
     let block_len = (kp + 1) * MR;
     let blocks = m.div_ceil(MR);
     let full_end = n / NR * NR;
+    let tail = n - full_end;
+    // A tail of at most GEMV_MAX_COLS columns (7x7 planes: 1, 14x14: 4) runs
+    // as a matrix-vector product per block right after the block's last full
+    // tile, while its weights are in L1.
+    let gemv = (1..=GEMV_MAX_COLS).contains(&tail);
+    let main_end = if gemv { full_end.saturating_sub(NR) } else { full_end };
     // LOOP 1: full 48-column tiles; LOOP 2: the row blocks over one panel strip.
-    for n0 in (0..full_end).step_by(NR) {
+    for n0 in (0..main_end).step_by(NR) {
         for blk in 0..blocks {
             let pk = &packed[blk * block_len..(blk + 1) * block_len];
             let rows = (m - blk * MR).min(MR);
@@ -323,7 +333,20 @@ pub(crate) fn drive<S: Simd, const RELU: bool>(g: Gemm<'_>, x: Panel<'_>, scratc
             run_tile::<S, NRV, RELU>(kp, pk, x.words, n0, x.ldp, out);
         }
     }
-    let tail = n - full_end;
+    if gemv {
+        for blk in 0..blocks {
+            let pk = &packed[blk * block_len..(blk + 1) * block_len];
+            let rows = (m - blk * MR).min(MR);
+            if full_end > 0 {
+                let n0 = full_end - NR;
+                let out = Out { c: &mut *c, off: blk * MR * ldc + n0, ldc, rows, cols: NR };
+                run_tile::<S, NRV, RELU>(kp, pk, x.words, n0, x.ldp, out);
+            }
+            let out = Out { c: &mut *c, off: blk * MR * ldc + full_end, ldc, rows, cols: tail };
+            gemv_block::<S, RELU>(kp, pk, x.words, full_end, x.ldp, out);
+        }
+        return;
+    }
     if tail == 0 {
         return;
     }
@@ -350,6 +373,119 @@ pub(crate) fn drive<S: Simd, const RELU: bool>(g: Gemm<'_>, x: Panel<'_>, scratc
             2 => run_tile::<S, 2, RELU>(kp, pk, words, p_off, ldp, out),
             _ => run_tile::<S, 3, RELU>(kp, pk, words, p_off, ldp, out),
         }
+    }
+}
+
+/// Column tails up to this many pixels run as a GEMV ([`gemv_cols`]); wider
+/// ones as a zero-padded tile of whole vectors.
+const GEMV_MAX_COLS: usize = 4;
+
+/// The `cols <= 4` GEMV columns at `col0` of one block, stored to `out`.
+#[inline(always)]
+fn gemv_block<S: Simd, const RELU: bool>(
+    kp: usize,
+    pk: &[u32],
+    panel: &[u32],
+    col0: usize,
+    ldp: usize,
+    out: Out<'_>,
+) {
+    let Out { c, off, ldc, rows, cols } = out;
+    let mut put = |j: usize, v: &[f32; 8]| {
+        for (i, &x) in v.iter().enumerate().take(rows) {
+            c[off + i * ldc + j] = if RELU { crate::act::relu(x) } else { x };
+        }
+    };
+    match cols {
+        1 => gemv_cols::<S, 1>(kp, pk, panel, col0, ldp)
+            .iter()
+            .enumerate()
+            .for_each(|(j, v)| put(j, v)),
+        2 => gemv_cols::<S, 2>(kp, pk, panel, col0, ldp)
+            .iter()
+            .enumerate()
+            .for_each(|(j, v)| put(j, v)),
+        3 => gemv_cols::<S, 3>(kp, pk, panel, col0, ldp)
+            .iter()
+            .enumerate()
+            .for_each(|(j, v)| put(j, v)),
+        _ => gemv_cols::<S, 4>(kp, pk, panel, col0, ldp)
+            .iter()
+            .enumerate()
+            .for_each(|(j, v)| put(j, v)),
+    }
+}
+
+/// `bias[r] + Σ_p dot(wpair[p][r], panel[p][col0 + j])` for the block's 8
+/// rows `r` (the lanes of one 256-bit vector) and `RC` columns `j`: one
+/// `vdpbf16ps ymm` per pair and column instead of a 16-lane tile for 1-4
+/// useful lanes. Four partial sums over `p mod 4` break the latency chain;
+/// the order is fixed (`bias + ((s0 + s1) + (s2 + s3))`), so the result does
+/// not depend on threading, but it rounds differently from a tile column.
+///
+/// # Panics
+/// If the block is shorter than `(kp + 1) * 8` words or the panel does not
+/// hold columns `col0..col0 + RC` of rows `0..kp`.
+#[inline(always)]
+fn gemv_cols<S: Simd, const RC: usize>(
+    kp: usize,
+    block: &[u32],
+    panel: &[u32],
+    col0: usize,
+    ldp: usize,
+) -> [[f32; 8]; RC] {
+    const { assert!(MR == 8) };
+    let words = kp.checked_add(1).and_then(|k1| k1.checked_mul(MR));
+    assert!(words.is_some_and(|len| block.len() >= len), "packed block too short");
+    assert!(
+        kp == 0
+            || (kp - 1)
+                .checked_mul(ldp)
+                .and_then(|last| last.checked_add(col0))
+                .is_some_and(|last| fits(last, RC, panel.len())),
+        "panel columns out of bounds"
+    );
+    let mut acc = [[S::zero8(); 4]; RC];
+    let k4 = kp / 4 * 4;
+    for p in (0..k4).step_by(4) {
+        // Literal partial-sum indices, so `acc` stays in registers.
+        gemv_step::<S, RC>(block, panel, col0, ldp, p, 0, &mut acc);
+        gemv_step::<S, RC>(block, panel, col0, ldp, p + 1, 1, &mut acc);
+        gemv_step::<S, RC>(block, panel, col0, ldp, p + 2, 2, &mut acc);
+        gemv_step::<S, RC>(block, panel, col0, ldp, p + 3, 3, &mut acc);
+    }
+    for p in k4..kp {
+        gemv_step::<S, RC>(block, panel, col0, ldp, p, p % 4, &mut acc);
+    }
+    // SAFETY: the block's first 8 words are the bias as f32 bits (`u32` and
+    // `f32` have the same size and alignment), in bounds by the entry assert.
+    let bias = unsafe { S::load_f32x8(block.as_ptr().cast::<f32>()) };
+    let mut out = [[0.0f32; 8]; RC];
+    for (o, a) in out.iter_mut().zip(acc.iter()) {
+        *o = S::to_array8(S::add8(bias, S::add8(S::add8(a[0], a[1]), S::add8(a[2], a[3]))));
+    }
+    out
+}
+
+/// One reduction pair of [`gemv_cols`] into partial sum `s`. A function, not
+/// a closure: a closure would be compiled without the entry point's target
+/// features, and its intrinsics would not inline.
+#[inline(always)]
+fn gemv_step<S: Simd, const RC: usize>(
+    block: &[u32],
+    panel: &[u32],
+    col0: usize,
+    ldp: usize,
+    p: usize,
+    s: usize,
+    acc: &mut [[S::F8; 4]; RC],
+) {
+    // SAFETY: words MR + p*MR .. + 8 of the block are in bounds (p < kp and
+    // the block holds (kp + 1) * MR words, asserted by `gemv_cols`).
+    let w = unsafe { S::load_pairs8(block.as_ptr().add(MR + p * MR)) };
+    let row = &panel[p * ldp + col0..p * ldp + col0 + RC];
+    for (a, &x) in acc.iter_mut().zip(row) {
+        a[s] = S::dot8(a[s], w, S::splat_pair8(x));
     }
 }
 

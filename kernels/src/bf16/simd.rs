@@ -62,6 +62,32 @@ pub(crate) trait Simd: Copy + 'static {
     /// # Safety
     /// `p .. p + 16` must be writable.
     unsafe fn store_bf16(v: Self::F, p: *mut u16);
+
+    /// Eight f32 lanes (a 256-bit register), for the GEMV column tail, which
+    /// vectorises over the 8 output rows of a packed block.
+    type F8: Copy;
+    /// Eight pair words.
+    type P8: Copy;
+    /// Reads 8 floats from `p` (any alignment).
+    ///
+    /// # Safety
+    /// `p .. p + 8` must be readable.
+    unsafe fn load_f32x8(p: *const f32) -> Self::F8;
+    /// All 8 lanes zero.
+    fn zero8() -> Self::F8;
+    /// `a + b` per lane (IEEE, MXCSR's rounding: nearest even by default).
+    fn add8(a: Self::F8, b: Self::F8) -> Self::F8;
+    /// The 8 lanes.
+    fn to_array8(v: Self::F8) -> [f32; 8];
+    /// Reads 8 pair words from `p` (any alignment).
+    ///
+    /// # Safety
+    /// `p .. p + 8` must be readable.
+    unsafe fn load_pairs8(p: *const u32) -> Self::P8;
+    /// All 8 lanes the pair word `x`.
+    fn splat_pair8(x: u32) -> Self::P8;
+    /// [`Simd::dot`] on 8 lanes (`vdpbf16ps ymm`).
+    fn dot8(acc: Self::F8, a: Self::P8, b: Self::P8) -> Self::F8;
 }
 
 /// The software model: the kernels' instruction semantics on arrays, on any
@@ -141,6 +167,40 @@ impl Simd for Emu {
     unsafe fn store_bf16(v: [f32; 16], p: *mut u16) {
         // SAFETY: the caller guarantees 16 writable halves at `p`.
         unsafe { p.cast::<[u16; 16]>().write_unaligned(v.map(f32_to_bf16)) }
+    }
+
+    type F8 = [f32; 8];
+    type P8 = [u32; 8];
+
+    #[inline(always)]
+    unsafe fn load_f32x8(p: *const f32) -> [f32; 8] {
+        // SAFETY: the caller guarantees 8 readable floats at `p`.
+        unsafe { p.cast::<[f32; 8]>().read_unaligned() }
+    }
+    #[inline(always)]
+    fn zero8() -> [f32; 8] {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    fn add8(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        core::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    fn to_array8(v: [f32; 8]) -> [f32; 8] {
+        v
+    }
+    #[inline(always)]
+    unsafe fn load_pairs8(p: *const u32) -> [u32; 8] {
+        // SAFETY: the caller guarantees 8 readable words at `p`.
+        unsafe { p.cast::<[u32; 8]>().read_unaligned() }
+    }
+    #[inline(always)]
+    fn splat_pair8(x: u32) -> [u32; 8] {
+        [x; 8]
+    }
+    #[inline(always)]
+    fn dot8(acc: [f32; 8], a: [u32; 8], b: [u32; 8]) -> [f32; 8] {
+        core::array::from_fn(|i| dot_lane(acc[i], a[i], b[i]))
     }
 }
 

@@ -126,4 +126,56 @@ impl Simd for Avx512Bf16 {
             _mm256_storeu_si256(p.cast(), h)
         }
     }
+
+    type F8 = __m256;
+    type P8 = __m256i;
+
+    #[inline(always)]
+    unsafe fn load_f32x8(p: *const f32) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable floats at `p`; loadu has
+        // no alignment requirement; AVX is present (module docs).
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    fn zero8() -> __m256 {
+        // SAFETY: AVX is present (module docs).
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    fn add8(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: AVX is present (module docs).
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn to_array8(v: __m256) -> [f32; 8] {
+        let mut out = [0.0f32; 8];
+        // SAFETY: `out` is 32 writable bytes; storeu has no alignment
+        // requirement; AVX is present (module docs).
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    }
+    #[inline(always)]
+    unsafe fn load_pairs8(p: *const u32) -> __m256i {
+        // SAFETY: the caller guarantees 32 readable bytes at `p`; loadu has
+        // no alignment requirement; AVX is present (module docs).
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+    #[inline(always)]
+    fn splat_pair8(x: u32) -> __m256i {
+        // SAFETY: AVX is present (module docs).
+        unsafe { _mm256_set1_epi32(x as i32) }
+    }
+    #[inline(always)]
+    fn dot8(acc: __m256, a: __m256i, b: __m256i) -> __m256 {
+        // SAFETY: `__m256i` and `__m256bh` are both 32 bytes of plain data, so
+        // the transmutes are bit copies; AVX512_BF16 and AVX-512VL (the
+        // 256-bit form) are present (module docs).
+        unsafe {
+            _mm256_dpbf16_ps(
+                acc,
+                transmute::<__m256i, __m256bh>(a),
+                transmute::<__m256i, __m256bh>(b),
+            )
+        }
+    }
 }
