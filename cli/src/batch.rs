@@ -1,6 +1,7 @@
 //! `repconv batch`: fused-network throughput (images/s) against the batch
 //! size, the thread count and the batch schedule ([`BatchSplit`]), each
-//! against the in-process FMA peak of that many threads.
+//! against the in-process FMA peak of that many threads; `--precision bf16`
+//! runs the network's 1x1 layers on the bf16 kernel.
 
 use clap::Args;
 use repconv::Tensor;
@@ -9,6 +10,7 @@ use serde::Serialize;
 
 use crate::main_job::chosen_isa;
 use crate::measure::{fma_peak_gflops, median_ms};
+use crate::precision::{self, PrecisionArg};
 
 /// Options of `repconv batch`.
 #[derive(Args, Debug, Clone)]
@@ -35,6 +37,11 @@ pub struct BatchArgs {
     /// else the best this CPU has).
     #[arg(long)]
     pub isa: Option<String>,
+    /// Precision: f32, or bf16 (the 1x1 layers on the bf16 kernel, the rest
+    /// f32). bf16 needs AVX512_BF16, or REPCONV_BF16=emulated for the
+    /// software model (its times are the model's, against no peak).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
 }
 
 #[derive(Serialize)]
@@ -43,13 +50,19 @@ struct Row {
     cpu: String,
     isa: &'static str,
     threads: usize,
-    peak_gflops: f64,
+    /// `f32` or `bf16`.
+    precision: &'static str,
+    /// The bf16 implementation (`avx512bf16` or `emulated`) with bf16, else
+    /// `None`.
+    bf16: Option<&'static str>,
+    /// The f32 FMA peak; `None` for the bf16 software model.
+    peak_gflops: Option<f64>,
     batch: usize,
     split: String,
     ms: f64,
     images_per_s: f64,
     gflops: f64,
-    peak_fraction: f64,
+    peak_fraction: Option<f64>,
 }
 
 /// The schedules worth timing for a batch on `threads` threads: with one
@@ -67,17 +80,35 @@ pub fn run(args: &BatchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let isa = chosen_isa(args.isa.as_deref())?;
     let cpu = crate::machine::cpu_description();
     let config = MobileOneConfig::variant(args.variant);
-    let fused = MobileOne::random(config, 0)?.reparameterize()?.with_isa(isa)?;
+    let precision = args.precision.precision();
+    let fused = MobileOne::random(config, 0)?
+        .reparameterize()?
+        .with_isa(isa)?
+        .with_precision(precision)
+        .map_err(|e| format!("batch --precision {}: {e}", precision.name()))?;
+    let bf16 = precision::bf16_layers(&fused).isa;
+    let emulated = bf16.is_some_and(precision::is_emulated);
     let flops_per_image = fused.flops([1, 3, args.size, args.size])? as f64;
     let mut rng = SplitMix64::new(1);
     if !args.json {
         outln!("CPU: {cpu}");
         outln!(
-            "MobileOne-{} fused, {}x{}, ISA {isa}: throughput by batch, threads and schedule",
+            "MobileOne-{} fused, {}x{}, ISA {isa}, precision {}: throughput by batch, threads and schedule",
             args.variant,
             args.size,
-            args.size
+            args.size,
+            precision.name()
         );
+        match bf16 {
+            Some(b) if precision::is_emulated(b) => outln!(
+                "bf16 on the kernels' software model ({}=emulated): the model's times, against no peak",
+                repconv::BF16_ENV
+            ),
+            Some(_) => {
+                outln!("bf16: the 1x1 layers on vdpbf16ps, the rest f32; %peak of the f32 FMA peak")
+            }
+            None => {}
+        }
         outln!(
             "{:>7} {:>10} {:>6} {:>12} {:>10} {:>10} {:>8} {:>7}",
             "threads",
@@ -92,7 +123,7 @@ pub fn run(args: &BatchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     for &threads in &args.threads {
         let pool = crate::timing_pool(threads)?;
-        let peak = fma_peak_gflops(isa, threads)?;
+        let peak = if emulated { None } else { Some(fma_peak_gflops(isa, threads)?) };
         for &batch in &args.batches {
             let shape = [batch, 3, args.size, args.size];
             let len = shape.iter().product();
@@ -116,27 +147,30 @@ pub fn run(args: &BatchArgs) -> Result<(), Box<dyn std::error::Error>> {
                     cpu: cpu.clone(),
                     isa: isa.name(),
                     threads,
+                    precision: precision.name(),
+                    bf16: bf16.map(|b| b.name()),
                     peak_gflops: peak,
                     batch,
                     split: format!("{split:?}"),
                     ms,
                     images_per_s: batch as f64 / ms * 1e3,
                     gflops,
-                    peak_fraction: gflops / peak,
+                    peak_fraction: peak.map(|p| gflops / p),
                 };
                 if args.json {
                     outln!("{}", serde_json::to_string(&row)?);
                 } else {
+                    let dash = || "-".to_string();
                     outln!(
-                        "{:>7} {:>10.1} {:>6} {:>12} {:>10.2} {:>10.1} {:>8.1} {:>6.1}%",
+                        "{:>7} {:>10} {:>6} {:>12} {:>10.2} {:>10.1} {:>8.1} {:>7}",
                         row.threads,
-                        row.peak_gflops,
+                        row.peak_gflops.map_or_else(dash, |p| format!("{p:.1}")),
                         row.batch,
                         row.split,
                         row.ms,
                         row.images_per_s,
                         row.gflops,
-                        100.0 * row.peak_fraction
+                        row.peak_fraction.map_or_else(dash, |f| format!("{:.1}%", 100.0 * f))
                     );
                 }
             }

@@ -57,6 +57,52 @@ pub fn relative(diff: f64, scale: f64) -> f64 {
     if scale > 0.0 { diff / scale } else { diff }
 }
 
+/// How far logits are from reference logits: [`max_abs_diff`], the scale
+/// [`max_abs_finite`] of the reference, their [`relative`] ratio, and whether
+/// every image's top class (the first largest logit) is the same.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Agreement {
+    /// The largest |difference| (infinite for NaN on one side only).
+    pub max_abs_diff: f64,
+    /// The largest finite |reference logit|.
+    pub max_abs_logit: f64,
+    /// `max_abs_diff / max_abs_logit` (see [`relative`]).
+    pub max_rel_diff: f64,
+    /// Whether the top class of each image agrees.
+    pub argmax_equal: bool,
+}
+
+/// [`Agreement`] of `other` with `reference`, both `[batch, classes]` logits
+/// flattened (rows of `classes` values; `classes` 0 is treated as 1).
+pub fn agreement(reference: &[f32], other: &[f32], classes: usize) -> Agreement {
+    let max_abs_diff = max_abs_diff(reference, other);
+    let max_abs_logit = max_abs_finite(reference);
+    let classes = classes.max(1);
+    let argmax_equal = reference.len() == other.len()
+        && reference
+            .chunks(classes)
+            .zip(other.chunks(classes))
+            .all(|(p, q)| argmax(p) == argmax(q));
+    Agreement {
+        max_abs_diff,
+        max_abs_logit,
+        max_rel_diff: relative(max_abs_diff, max_abs_logit),
+        argmax_equal,
+    }
+}
+
+/// The index of the first largest value; NaN is never the largest (0 for an
+/// empty or all-NaN slice).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best: Option<usize> = None;
+    for (i, x) in v.iter().enumerate() {
+        if !x.is_nan() && best.is_none_or(|b| *x > v[b]) {
+            best = Some(i);
+        }
+    }
+    best.unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +172,24 @@ mod tests {
         assert_eq!(relative(1.5, 0.0), 1.5);
         assert_eq!(relative(f64::INFINITY, 3.0), f64::INFINITY);
         assert_eq!(relative(f64::INFINITY, 0.0), f64::INFINITY);
+    }
+
+    #[test]
+    fn agreement_of_logits() {
+        let a = [1.0, 4.0, 2.0, -3.0, 0.5, 0.25];
+        let same = agreement(&a, &a, 3);
+        assert_eq!((same.max_abs_diff, same.max_abs_logit, same.argmax_equal), (0.0, 4.0, true));
+        // Second image's top class moves from 1 to 2; the largest change is 0.5.
+        let b = [1.0, 4.0, 2.0, -3.0, 0.5, 0.75];
+        let moved = agreement(&a, &b, 3);
+        assert_eq!(
+            (moved.max_abs_diff, moved.max_rel_diff, moved.argmax_equal),
+            (0.5, 0.125, false)
+        );
+        assert!(!agreement(&a, &a[..3], 3).argmax_equal);
+        let nan = agreement(&a, &[1.0, 4.0, 2.0, -3.0, NAN, 0.25], 3);
+        assert_eq!(nan.max_abs_diff, f64::INFINITY);
+        assert_eq!(argmax(&[NAN, 1.0, 3.0, 3.0]), 2);
+        assert_eq!((argmax(&[]), argmax(&[NAN, NAN]), argmax(&[-INF, -1.0])), (0, 0, 1));
     }
 }

@@ -1,6 +1,7 @@
 //! `repconv layers`: every benchmarked layer shape through `Conv2d`.
 
-use crate::measure::{fma_peak_gflops, median_ms};
+use crate::measure::{bf16_peak_gflops, fma_peak_gflops, median_ms};
+use crate::precision::{self, PrecisionArg};
 use crate::shapes::{LayerShape, all_layers};
 use clap::Args;
 use repconv::conv::KernelChoice;
@@ -29,12 +30,35 @@ pub struct LayersArgs {
     /// else the best this CPU has).
     #[arg(long)]
     pub isa: Option<String>,
+    /// Precision: f32, or bf16 (the 1x1 layers on the bf16 kernel, against
+    /// the in-process vdpbf16ps peak; the other layers stay f32, against the
+    /// FMA peak). bf16 needs AVX512_BF16, or REPCONV_BF16=emulated for the
+    /// software model (its times are the model's, against no peak).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
 }
 
 impl Default for LayersArgs {
     fn default() -> Self {
-        LayersArgs { threads: 1, runs: 30, json: false, general: false, filter: None, isa: None }
+        LayersArgs {
+            threads: 1,
+            runs: 30,
+            json: false,
+            general: false,
+            filter: None,
+            isa: None,
+            precision: PrecisionArg::F32,
+        }
     }
+}
+
+/// The peaks a row can be measured against.
+#[derive(Clone, Copy, Debug)]
+struct Peaks {
+    /// The f32 FMA peak.
+    fma: f64,
+    /// The `vdpbf16ps` peak, where the CPU has AVX512_BF16.
+    bf16: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -50,11 +74,19 @@ struct Row {
     stride: usize,
     groups: usize,
     threads: usize,
+    /// The precision asked for (`--precision`).
+    precision: &'static str,
+    /// The precision the layer's kernel computes in: `bf16` for the 1x1
+    /// layers' bf16 kernel, `f32` for every other layer.
+    compute: &'static str,
     mflop: f64,
     ms: f64,
     gflops: f64,
-    peak_gflops: f64,
-    pct_peak: f64,
+    /// Which peak `peak_gflops` is: `fma_f32`, `vdpbf16ps`, or `none` (the
+    /// bf16 software model).
+    peak: &'static str,
+    peak_gflops: Option<f64>,
+    pct_peak: Option<f64>,
 }
 
 fn measure(
@@ -62,13 +94,14 @@ fn measure(
     layer: &LayerShape,
     args: &LayersArgs,
     threads: usize,
-    peak: f64,
+    peaks: Peaks,
 ) -> Result<Row, repconv::Error> {
     let params = layer.params();
     let (weights, bias, input) = layer.example_data()?;
     let choice = if args.general { KernelChoice::General } else { KernelChoice::Auto };
     let conv = Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)?
-        .with_isa(isa)?;
+        .with_isa(isa)?
+        .with_precision(args.precision.precision())?;
     let shape = layer.input_shape();
     let mut output = Tensor::zeros(conv.output_shape(shape)?)?;
     let flops = params.flops(shape)? as f64;
@@ -79,6 +112,11 @@ fn measure(
         conv.forward_into(input.view(), output.view_mut()).expect("ran above on the same tensors");
     });
     let gflops = flops / ms / 1e6;
+    let (compute, peak, peak_gflops) = match conv.plan().bf16() {
+        Some(b) if precision::is_emulated(b) => ("bf16", "none", None),
+        Some(_) => ("bf16", "vdpbf16ps", peaks.bf16),
+        None => ("f32", "fma_f32", Some(peaks.fma)),
+    };
     let [_, _, h, w] = shape;
     Ok(Row {
         layer: layer.name,
@@ -92,52 +130,90 @@ fn measure(
         stride: layer.stride,
         groups: layer.groups,
         threads,
+        precision: args.precision.precision().name(),
+        compute,
         mflop: flops / 1e6,
         ms,
         gflops,
-        peak_gflops: peak,
-        pct_peak: 100.0 * gflops / peak,
+        peak,
+        peak_gflops,
+        pct_peak: peak_gflops.map(|p| 100.0 * gflops / p),
     })
 }
 
 /// Runs the layer table.
 pub fn run(args: &LayersArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let isa = super::main_job::chosen_isa(args.isa.as_deref())?;
+    // bf16 that cannot run is refused before anything is measured.
+    let bf16 = match args.precision {
+        PrecisionArg::Bf16 => {
+            Some(precision::bf16_on(isa).map_err(|e| format!("layers --precision bf16: {e}"))?)
+        }
+        PrecisionArg::F32 => None,
+    };
     let pool = super::timing_pool(args.threads)?;
     let threads = pool.current_num_threads();
-    let isa = super::main_job::chosen_isa(args.isa.as_deref())?;
-    let peak = fma_peak_gflops(isa, threads)?;
+    let fma = fma_peak_gflops(isa, threads)?;
+    let peaks = Peaks {
+        fma,
+        bf16: match bf16 {
+            Some(b) if !precision::is_emulated(b) => bf16_peak_gflops(threads)?,
+            _ => None,
+        },
+    };
     if !args.json {
         outln!("CPU: {}", crate::machine::cpu_description());
         outln!(
-            "repconv layers: {threads} thread(s), ISA {isa} ({} lanes), in-process FMA peak {peak:.1} GFLOP/s",
+            "repconv layers: {threads} thread(s), ISA {isa} ({} lanes), in-process FMA peak {fma:.1} GFLOP/s",
             isa.lanes()
         );
+        match (bf16, peaks.bf16) {
+            (Some(_), Some(p)) => outln!(
+                "precision bf16: the 1x1 layers on the bf16 kernel against the in-process vdpbf16ps peak {p:.1} GFLOP/s, every other layer f32 against the FMA peak"
+            ),
+            (Some(b), _) => outln!(
+                "precision bf16 on the kernels' software model ({}={}): bf16 rows are the model's times, against no peak; every other layer f32 against the FMA peak",
+                repconv::BF16_ENV,
+                b.name()
+            ),
+            (None, _) => {}
+        }
         outln!(
-            "{:<22} {:<34} {:>8} {:>9} {:>8} {:>7}",
+            "{:<22} {:<34} {:>8} {:>9} {:>8} {:>7}{}",
             "layer",
             "kernel",
             "MFLOP",
             "ms",
             "GFLOP/s",
-            "%peak"
+            "%peak",
+            if bf16.is_some() { "  peak" } else { "" }
         );
     }
     for layer in all_layers() {
         if args.filter.as_deref().is_some_and(|f| !layer.name.contains(f)) {
             continue;
         }
-        let row = pool.install(|| measure(isa, layer, args, threads, peak))?;
+        let row = pool.install(|| measure(isa, layer, args, threads, peaks))?;
         if args.json {
             outln!("{}", serde_json::to_string(&row)?);
         } else {
+            let pct = row.pct_peak.map_or("-".to_string(), |p| format!("{p:.1}%"));
+            // Which peak, in bf16 tables (f32 tables have one peak).
+            let peak = match (bf16, row.peak) {
+                (None, _) => "",
+                (Some(_), "fma_f32") => "  fma",
+                (Some(_), "vdpbf16ps") => "  bf16",
+                (Some(_), _) => "  none",
+            };
             outln!(
-                "{:<22} {:<34} {:>8.2} {:>9.4} {:>8.1} {:>6.1}%",
+                "{:<22} {:<34} {:>8.2} {:>9.4} {:>8.1} {:>7}{}",
                 row.layer,
                 row.kernel,
                 row.mflop,
                 row.ms,
                 row.gflops,
-                row.pct_peak
+                pct,
+                peak
             );
         }
     }

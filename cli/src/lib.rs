@@ -1,6 +1,7 @@
 //! The `repconv` command line as a library: argument parsing and dispatch
-//! ([`Cli`], [`run()`]), one module per command, and the benchmark helpers the
-//! commands and `benches/kernels.rs` share ([`measure`], [`shapes`]). The
+//! ([`Cli`], [`run()`]), one module per command, and the helpers the
+//! commands, `benches/kernels.rs` and the Python package share ([`measure`],
+//! [`shapes`], [`compare`], and [`precision`] for `--precision bf16`). The
 //! binary (`src/main.rs`) only parses and reports errors.
 //!
 //! This crate is not published. It exists so that the CLI's own dependencies
@@ -23,6 +24,7 @@ pub mod layers;
 pub mod machine;
 pub mod main_job;
 pub mod measure;
+pub mod precision;
 pub mod reparam;
 pub mod run;
 pub mod shapes;

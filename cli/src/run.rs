@@ -1,10 +1,13 @@
-//! `repconv run`: logits of a checkpoint on an input tensor.
+//! `repconv run`: logits of a checkpoint on an input tensor, in f32 or (with
+//! `--precision bf16`) with the 1x1 convolutions in bf16.
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use repconv::mobileone::Variant;
 use repconv::weights::{self, LoadOptions, NamedTensor};
+
+use crate::precision::PrecisionArg;
 
 /// Which form to run.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,12 @@ pub struct RunArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Precision: f32, or bf16 (the 1x1 convolutions round weights and
+    /// inputs to bfloat16 and sum in f32; the rest and the logits stay f32).
+    /// bf16 needs AVX512_BF16, or REPCONV_BF16=emulated for the slow
+    /// software model.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
 }
 
 /// Runs the network and writes `logits`.
@@ -55,6 +64,8 @@ pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let logits = pool
         .install(|| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             let net = weights::load(&args.weights, &options)?;
+            // Before reparameterizing, which carries the precision over.
+            let net = net.with_precision(args.precision.precision())?;
             let (_, x) = weights::read_single_nchw(&weights::read_file(&args.input)?)?;
             let net = match (args.form, weights::form(&net)) {
                 (RunForm::Fused, _) => net.reparameterize()?,

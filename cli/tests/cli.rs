@@ -365,3 +365,275 @@ fn cli_reparam_refuses_to_write_when_one_form_has_nan() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(weights::load(&fused, &LoadOptions::default()).unwrap().is_reparameterized());
 }
+
+// --- bf16 (`--precision bf16` and the main job's bf16 row) ------------------
+
+/// bf16 logits against f32 logits, relative to the largest f32 |logit|.
+/// bf16 keeps 8 significant bits (a relative rounding of at most 2^-9, about
+/// 2e-3, per weight and input), and the errors of S0's 1x1 layers add up
+/// through the network: measured 2.8e-2 for the fused S0 fixture and 5.1e-2
+/// for its multi-branch form (whose branches round separately before their
+/// BatchNorms and sum), 2.0e-2 for the main job's random S0 at 32-64 pixels
+/// (tests/bf16.rs: 0.5-0.9e-2 at 96x96). 0.1 leaves a margin of two over
+/// the worst; a broken bf16 kernel is off by the logits' own size, and an
+/// f32 run passed off as bf16 fails the "differs" checks.
+const BF16_REL_TOL: f64 = 0.1;
+
+/// Whether a child process with this environment runs bf16 on the hardware
+/// (AVX512_BF16 and the avx512 kernels), not only on the software model.
+fn native_bf16() -> bool {
+    use repconv_kernels::bf16::Bf16Isa;
+    let isa = repconv::Isa::from_env().map(|i| i.kind() == repconv::IsaKind::Avx512);
+    Bf16Isa::native().is_ok() && isa.unwrap_or(false)
+}
+
+/// The bf16 implementation a child with `REPCONV_BF16=emulated` runs.
+fn bf16_impl() -> &'static str {
+    if native_bf16() { "avx512bf16" } else { "emulated" }
+}
+
+/// `repconv args` with `REPCONV_BF16` set to `bf16` (`Some("emulated")`: the
+/// software model where the CPU lacks AVX512_BF16) or removed (`None`).
+fn repconv_bf16(bf16: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_repconv"));
+    match bf16 {
+        Some(v) => cmd.env(repconv::BF16_ENV, v),
+        None => cmd.env_remove(repconv::BF16_ENV),
+    };
+    cmd.args(args).output().unwrap()
+}
+
+fn stdout_ok(out: &std::process::Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: {stderr}");
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// A failure of ours: non-zero exit, one line, no panic, naming the cure.
+fn assert_bf16_refused(out: &std::process::Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: ran bf16 without the hardware");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: {stderr}");
+    assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{what}: {stderr}");
+    assert!(stderr.contains("REPCONV_BF16=emulated"), "{what}: {stderr}");
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+/// `run --precision bf16` on the S0 fixtures (both forms): logits of the
+/// right shape, within `BF16_REL_TOL` of the f32 run's and of PyTorch's, the
+/// same top classes, and not the f32 logits (the 1x1 layers did round).
+/// Without the hardware and without `REPCONV_BF16`, a one-line error and no
+/// file.
+#[test]
+fn cli_run_bf16_logits_agree_with_f32() {
+    let dir = TempDir::new("run-bf16");
+    let io = io("s0");
+    let input = dir.path("x.safetensors");
+    let x = NamedTensor { name: "images".into(), ..io["input"].clone() };
+    std::fs::write(&input, weights::tensors_to_bytes(&[x]).unwrap()).unwrap();
+    let train = fixture_path("s0.train.safetensors");
+    let run = |form: &str, precision: &str, env: Option<&str>| {
+        let y = dir.path(&format!("{form}-{precision}-{}.safetensors", env.is_some()));
+        let out = repconv_bf16(
+            env,
+            &[
+                "run",
+                "--weights",
+                s(&train),
+                "--input",
+                s(&input),
+                "--output",
+                s(&y),
+                "--form",
+                form,
+                "--precision",
+                precision,
+                "--threads",
+                "2",
+            ],
+        );
+        (out, y)
+    };
+    let logits = |out: &std::process::Output, y: &Path, what: &str| {
+        stdout_ok(out, what);
+        let t = weights::read_tensors(&std::fs::read(y).unwrap()).unwrap();
+        assert_eq!((t.len(), t[0].name.as_str(), &t[0].shape[..]), (1, "logits", &[2, 10][..]));
+        t[0].data.clone()
+    };
+    for (form, torch) in [("fused", "output_fused"), ("multi", "output_multi")] {
+        let (out, y) = run(form, "f32", Some("emulated"));
+        let f32_logits = logits(&out, &y, form);
+        let (out, y) = run(form, "bf16", Some("emulated"));
+        let bf16_logits = logits(&out, &y, form);
+        for (what, want) in [("f32 run", &f32_logits), ("PyTorch", &io[torch].data)] {
+            let scale = max_abs_finite(want);
+            let agree = repconv_cli::compare::agreement(want, &bf16_logits, 10);
+            eprintln!(
+                "{form} bf16 vs {what}: max |diff| {:.3e}, relative {:.3e}",
+                agree.max_abs_diff, agree.max_rel_diff
+            );
+            assert!(scale > 0.0);
+            assert!(agree.max_rel_diff <= BF16_REL_TOL, "{form} vs {what}: {agree:?}");
+            assert!(agree.max_abs_diff > 0.0, "{form}: bf16 logits equal {what}'s");
+            assert!(agree.argmax_equal, "{form} vs {what}: {agree:?}");
+        }
+    }
+    if !native_bf16() {
+        let (out, y) = run("fused", "bf16", None);
+        assert_bf16_refused(&out, "run");
+        assert!(!y.exists());
+    }
+}
+
+/// The main job's bf16 row, in the JSON and the table: with
+/// `REPCONV_BF16=emulated` it runs everywhere (on the hardware where the CPU
+/// has it) and agrees with the multi-branch f32 logits within
+/// `BF16_REL_TOL`, less closely than the fused f32 form; without it, on a
+/// CPU without AVX512_BF16, the reason instead of the row.
+#[test]
+fn cli_main_job_reports_bf16_or_why_not() {
+    let args = ["--size", "32", "--runs", "1", "--threads", "1", "--seed", "5"];
+    let json = |env| {
+        let text = stdout_ok(&repconv_bf16(env, &[&args[..], &["--json"]].concat()), "main job");
+        let mut v = json_lines(&text);
+        assert_eq!(v.len(), 1, "{text}");
+        v.pop().unwrap()
+    };
+    let r = json(Some("emulated"));
+    let b = &r["bf16"];
+    assert!(r["bf16_unavailable"].is_null(), "{r}");
+    let implementation = bf16_impl();
+    assert_eq!(b["implementation"], implementation, "{r}");
+    assert_eq!(b["emulated"], implementation == "emulated", "{r}");
+    assert_eq!(b["kernel"], format!("conv1x1_bf16_8x48__{implementation}"), "{r}");
+    let (n, convs) = (b["bf16_convs"].as_u64().unwrap(), b["convs"].as_u64().unwrap());
+    assert!(0 < n && n < convs, "{r}");
+    assert_eq!(b["runs"], 1);
+    assert!(b["ms"].as_f64().unwrap() > 0.0 && b["gflops"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(b["pct_peak"].is_null(), implementation == "emulated", "{r}");
+    let (rel, rel_f32) = (b["max_rel_diff"].as_f64().unwrap(), r["max_rel_diff"].as_f64().unwrap());
+    assert!(rel <= BF16_REL_TOL && rel > rel_f32, "bf16 {rel:e}, fused f32 {rel_f32:e}");
+    assert_eq!(b["argmax_equal"], true, "{r}");
+
+    let table = stdout_ok(&repconv_bf16(Some("emulated"), &args), "main job table");
+    let row = if implementation == "emulated" { "fused bf16 (emulated)" } else { "fused bf16 " };
+    assert!(table.lines().any(|l| l.starts_with(row)), "{table}");
+    assert!(table.contains("bf16 agreement with multi-branch f32"), "{table}");
+
+    if !native_bf16() {
+        let r = json(None);
+        assert!(r["bf16"].is_null(), "{r}");
+        let reason = r["bf16_unavailable"].as_str().unwrap();
+        assert!(reason.contains("REPCONV_BF16=emulated"), "{reason}");
+        // The f32 rows are all there.
+        assert!(r["fused_ms"].as_f64().unwrap() > 0.0);
+        let table = stdout_ok(&repconv_bf16(None, &args), "main job table");
+        let line: Vec<&str> = table.lines().filter(|l| l.contains("bf16")).collect();
+        assert_eq!(line, [format!("fused bf16: not run: {reason}")], "{table}");
+    }
+}
+
+/// `layers --precision bf16`: the 1x1 layer on the bf16 kernel, against the
+/// vdpbf16ps peak on the hardware or against no peak on the software model;
+/// the depthwise layers on their f32 kernels against the FMA peak. Without
+/// the hardware and without `REPCONV_BF16`, a one-line error.
+#[test]
+fn cli_layers_bf16_rows_say_which_peak() {
+    let args = ["layers", "--filter", "48@56", "--runs", "1", "--json", "--precision"];
+    let rows = |precision: &str| {
+        let out = repconv_bf16(Some("emulated"), &[&args[..], &[precision]].concat());
+        json_lines(&stdout_ok(&out, "layers"))
+    };
+    let implementation = bf16_impl();
+    let bf16 = rows("bf16");
+    let names: Vec<&str> = bf16.iter().map(|r| r["layer"].as_str().unwrap()).collect();
+    assert_eq!(names, ["s0.pw.48x48@56", "s0.dw.48@56", "s0.dw.48@56/2"]);
+    for r in &bf16 {
+        assert_eq!(r["precision"], "bf16", "{r}");
+        assert!(r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+        let pct = r["pct_peak"].as_f64();
+        if r["k"] == 1 {
+            assert_eq!(r["kernel"], format!("conv1x1_bf16_8x48__{implementation}"), "{r}");
+            assert_eq!(r["compute"], "bf16", "{r}");
+            if implementation == "emulated" {
+                assert_eq!((r["peak"].as_str(), pct), (Some("none"), None), "{r}");
+                assert!(r["peak_gflops"].is_null(), "{r}");
+            } else {
+                assert_eq!(r["peak"], "vdpbf16ps", "{r}");
+                assert!(pct.unwrap() > 0.0, "{r}");
+            }
+        } else {
+            assert!(!r["kernel"].as_str().unwrap().contains("bf16"), "{r}");
+            assert_eq!((r["compute"].as_str(), r["peak"].as_str()), (Some("f32"), Some("fma_f32")));
+            assert!(pct.unwrap() > 0.0 && r["peak_gflops"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+    // The same layer in f32: the f32 kernel against the FMA peak.
+    let f32_rows = rows("f32");
+    let pw = &f32_rows[0];
+    assert_eq!((pw["precision"].as_str(), pw["compute"].as_str()), (Some("f32"), Some("f32")));
+    assert!(!pw["kernel"].as_str().unwrap().contains("bf16") && pw["peak"] == "fma_f32", "{pw}");
+
+    if !native_bf16() {
+        let out = repconv_bf16(None, &[&args[..], &["bf16"]].concat());
+        assert_bf16_refused(&out, "layers");
+        assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+/// `batch --precision bf16`: the row says which precision and implementation
+/// ran, against no peak on the software model.
+#[test]
+fn cli_batch_bf16_row() {
+    let args = ["batch", "--batches", "2", "--threads", "1", "--runs", "1", "--size", "32"];
+    let out =
+        repconv_bf16(Some("emulated"), &[&args[..], &["--json", "--precision", "bf16"]].concat());
+    let rows = json_lines(&stdout_ok(&out, "batch"));
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    let implementation = bf16_impl();
+    assert_eq!((r["precision"].as_str(), r["bf16"].as_str()), (Some("bf16"), Some(implementation)));
+    assert_eq!((r["batch"].as_u64(), r["threads"].as_u64()), (Some(2), Some(1)));
+    assert!(r["images_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["peak_fraction"].is_null(), implementation == "emulated", "{r}");
+    if !native_bf16() {
+        assert_bf16_refused(
+            &repconv_bf16(None, &[&args[..], &["--precision", "bf16"]].concat()),
+            "batch",
+        );
+    }
+}
+
+/// A `--precision` that does not exist is clap's usage error naming the
+/// values, for every command that takes one.
+#[test]
+fn cli_bad_precision_is_a_usage_error() {
+    let fused = fixture_path("s0.fused.safetensors");
+    for args in [
+        vec!["layers", "--precision", "fp16"],
+        vec!["batch", "--precision", "BF16x"],
+        vec![
+            "run",
+            "--weights",
+            s(&fused),
+            "--input",
+            s(&fused),
+            "--output",
+            "/nonexistent/y",
+            "--precision",
+            "",
+        ],
+    ] {
+        let out = repconv_bf16(Some("emulated"), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--precision") && stderr.contains("possible values: f32, bf16"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked") && out.stdout.is_empty(), "{args:?}: {stderr}");
+    }
+}
