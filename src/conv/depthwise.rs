@@ -1,14 +1,11 @@
 //! The depthwise runners (3x3 and 1x1): images x channel chunks, each chunk
 //! through the kernel with its own scratch. A chunk never straddles images.
 
-use repconv_kernels::Activation as KernelAct;
 use repconv_kernels::dwconv1x1::{self, Dw1x1Args};
 use repconv_kernels::dwconv3x3::{self, Dw3x3Args};
 
-use super::Conv2d;
-use super::frame::{Split, for_each_chunk, largest_divisor_at_most};
+use super::frame::{Call, Split, for_each_chunk, largest_divisor_at_most};
 use crate::scratch::with_panel;
-use crate::tensor::{TensorView, TensorViewMut};
 
 /// Channels per task of a depthwise 3x3 layer: one chunk per thread (more
 /// made a fork-join weigh on layers of a few µs), of at least ~64 KiB of
@@ -23,13 +20,8 @@ fn dw3x3_chunk(n: usize, c: usize, plane_out: usize, parallel: bool) -> usize {
 }
 
 /// Runs a depthwise 3x3 convolution, stride 1 or 2, padding 1 (shapes checked).
-pub(super) fn run_3x3(
-    conv: &Conv2d,
-    act: KernelAct,
-    input: TensorView<'_>,
-    output: TensorViewMut<'_>,
-    parallel: bool,
-) {
+pub(super) fn run_3x3(call: Call<'_>) {
+    let Call { conv, act, input, output, parallel } = call;
     let [n, c, h, w] = input.shape();
     let [_, _, oh, ow] = output.shape();
     let stride = conv.params.stride[0];
@@ -63,13 +55,8 @@ pub(super) fn run_3x3(
 /// Runs a depthwise 1x1 convolution, stride 1 or 2 (MobileOne's scale
 /// branch): batch and channels are one axis here, every plane has its own
 /// weight.
-pub(super) fn run_1x1(
-    conv: &Conv2d,
-    act: KernelAct,
-    input: TensorView<'_>,
-    output: TensorViewMut<'_>,
-    parallel: bool,
-) {
+pub(super) fn run_1x1(call: Call<'_>) {
+    let Call { conv, act, input, output, parallel } = call;
     let [_, c, h, w] = input.shape();
     let [_, _, oh, ow] = output.shape();
     let stride = conv.params.stride[0];

@@ -18,12 +18,11 @@ use repconv_kernels::conv3x3::{self, Geometry, PlaneRowsMut};
 use repconv_kernels::{Activation as KernelAct, Isa, conv1x1};
 
 use super::Conv2d;
-use super::frame::{Split, for_each_chunk, for_each_row_block, in_row_bands};
+use super::frame::{Call, Split, for_each_chunk, for_each_row_block, in_row_bands};
 use crate::scratch::{RETAIN_BYTES, with_im2col, with_offsets};
-use crate::tensor::{TensorView, TensorViewMut};
 
 /// What every schedule of one call shares.
-struct Call<'a> {
+struct Direct<'a> {
     conv: &'a Conv2d,
     act: KernelAct,
     isa: Isa,
@@ -36,13 +35,8 @@ struct Call<'a> {
 }
 
 /// Runs a direct 3x3 convolution (shapes checked).
-pub(super) fn run(
-    conv: &Conv2d,
-    act: KernelAct,
-    input: TensorView<'_>,
-    output: TensorViewMut<'_>,
-    parallel: bool,
-) {
+pub(super) fn run(call: Call<'_>) {
+    let Call { conv, act, input, output, parallel } = call;
     let [_, cin, h, w] = input.shape();
     let [_, cout, oh, ow] = output.shape();
     let geometry = Geometry::new(cin, h, w, conv.params.stride[0])
@@ -50,7 +44,7 @@ pub(super) fn run(
     let isa = conv.plan.isa();
     let mr = conv1x1::tile(isa).0;
     let block_len = (geometry.k() + 1) * mr;
-    let call = Call { conv, act, isa, geometry, out: [cout, oh, ow], block_len, mr };
+    let call = Direct { conv, act, isa, geometry, out: [cout, oh, ow], block_len, mr };
     let x = input.as_slice();
     let y = output.into_slice();
     let threads = rayon::current_num_threads();
@@ -73,8 +67,8 @@ pub(super) fn run(
 
 /// Every image's output rows in one band per thread; each band prepares its
 /// own input rows and computes all channels of them.
-fn row_bands(call: &Call<'_>, x: &[f32], y: &mut [f32], threads: usize) {
-    let Call { act, isa, geometry: g, out: [cout, oh, ow], block_len, mr, .. } = *call;
+fn row_bands(call: &Direct<'_>, x: &[f32], y: &mut [f32], threads: usize) {
+    let Direct { act, isa, geometry: g, out: [cout, oh, ow], block_len, mr, .. } = *call;
     let packed = &call.conv.packed[..cout.div_ceil(mr) * block_len];
     let image_in = g.input_len();
     for (xb, yb) in x.chunks_exact(image_in).zip(y.chunks_exact_mut(cout * oh * ow)) {
@@ -103,7 +97,7 @@ fn row_bands(call: &Call<'_>, x: &[f32], y: &mut [f32], threads: usize) {
 /// The channel blocks of `yc` (starting at block `first_block`) from one
 /// prepared input.
 fn blocks(
-    call: &Call<'_>,
+    call: &Direct<'_>,
     prepared: &[f32],
     offsets: &[usize],
     first_block: usize,
@@ -121,51 +115,58 @@ fn blocks(
     conv3x3::conv3x3(call.isa, call.act, args);
 }
 
+/// Runs `f(image input, image output, tap offsets)` on every image, with
+/// the tap offset table made once.
+fn per_image(
+    call: &Direct<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    f: impl Fn(&[f32], &mut [f32], &[usize]),
+) {
+    let Direct { geometry: g, out: [cout, oh, ow], .. } = *call;
+    with_offsets(g.k(), |offsets| {
+        conv3x3::tap_offsets(&g, offsets);
+        for (xb, yb) in x.chunks_exact(g.input_len()).zip(y.chunks_exact_mut(cout * oh * ow)) {
+            f(xb, yb, offsets);
+        }
+    });
+}
+
 /// One task per thread, each preparing the whole input into its own buffer
 /// and computing its channel blocks from it (no prepared half read across
 /// cores, one fork-join).
-fn own_copies(call: &Call<'_>, x: &[f32], y: &mut [f32]) {
-    let Call { isa, geometry: g, out: [cout, oh, ow], mr, .. } = *call;
-    with_offsets(g.k(), |offsets| {
-        conv3x3::tap_offsets(&g, offsets);
-        let offsets = &*offsets;
-        let image_in = g.input_len();
-        for (xb, yb) in x.chunks_exact(image_in).zip(y.chunks_exact_mut(cout * oh * ow)) {
-            for_each_row_block(mr, yb, cout, oh * ow, true, |first_block, yc| {
-                with_im2col(g.prepared_len(), |prepared| {
-                    conv3x3::prepare_input(isa, &g, xb, prepared);
-                    blocks(call, prepared, offsets, first_block, yc);
-                });
+fn own_copies(call: &Direct<'_>, x: &[f32], y: &mut [f32]) {
+    let Direct { isa, geometry: g, out: [cout, oh, ow], mr, .. } = *call;
+    per_image(call, x, y, |xb, yb, offsets| {
+        for_each_row_block(mr, yb, cout, oh * ow, true, |first_block, yc| {
+            with_im2col(g.prepared_len(), |prepared| {
+                conv3x3::prepare_input(isa, &g, xb, prepared);
+                blocks(call, prepared, offsets, first_block, yc);
             });
-        }
+        });
     });
 }
 
 /// One prepared copy per image (its planes prepared in parallel when
 /// `parallel`), read by every task of channel blocks.
-fn shared_copy(call: &Call<'_>, x: &[f32], y: &mut [f32], parallel: bool) {
-    let Call { isa, geometry: g, out: [cout, oh, ow], mr, .. } = *call;
-    with_offsets(g.k(), |offsets| {
-        conv3x3::tap_offsets(&g, offsets);
-        let offsets = &*offsets;
-        let image_in = g.input_len();
-        for (xb, yb) in x.chunks_exact(image_in).zip(y.chunks_exact_mut(cout * oh * ow)) {
-            with_im2col(g.prepared_len(), |prepared| {
-                if parallel {
-                    let slack = g.slack_range();
-                    prepared[slack.clone()].fill(0.0);
-                    let planes = &mut prepared[..slack.start];
-                    for_each_chunk(planes, g.plane_len(), Split::from(true), |i, plane| {
-                        conv3x3::prepare_plane(isa, &g, xb, i, plane)
-                    });
-                } else {
-                    conv3x3::prepare_input(isa, &g, xb, prepared);
-                }
-                let prepared = &*prepared;
-                for_each_row_block(mr, yb, cout, oh * ow, parallel, |first_block, yc| {
-                    blocks(call, prepared, offsets, first_block, yc)
+fn shared_copy(call: &Direct<'_>, x: &[f32], y: &mut [f32], parallel: bool) {
+    let Direct { isa, geometry: g, out: [cout, oh, ow], mr, .. } = *call;
+    per_image(call, x, y, |xb, yb, offsets| {
+        with_im2col(g.prepared_len(), |prepared| {
+            if parallel {
+                let slack = g.slack_range();
+                prepared[slack.clone()].fill(0.0);
+                let planes = &mut prepared[..slack.start];
+                for_each_chunk(planes, g.plane_len(), Split::from(true), |i, plane| {
+                    conv3x3::prepare_plane(isa, &g, xb, i, plane)
                 });
+            } else {
+                conv3x3::prepare_input(isa, &g, xb, prepared);
+            }
+            let prepared = &*prepared;
+            for_each_row_block(mr, yb, cout, oh * ow, parallel, |first_block, yc| {
+                blocks(call, prepared, offsets, first_block, yc)
             });
-        }
+        });
     });
 }

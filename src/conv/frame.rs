@@ -13,6 +13,22 @@ use repconv_kernels::conv3x3::PlaneRowsMut;
 
 use super::plan::Family;
 use super::{Activation, Conv2d, Parallelism};
+use crate::tensor::{TensorView, TensorViewMut};
+
+/// One call of a convolution, as every runner receives it: shapes already
+/// checked, the activation in the kernels' terms, the fork decided.
+pub(super) struct Call<'a> {
+    /// The convolution (its plan, packed weights, parameters).
+    pub conv: &'a Conv2d,
+    /// The fused activation.
+    pub act: KernelAct,
+    /// The input, `n x cin x h x w`.
+    pub input: TensorView<'a>,
+    /// The output, `n x cout x oh x ow`.
+    pub output: TensorViewMut<'a>,
+    /// Whether the runner may split the work over threads.
+    pub parallel: bool,
+}
 
 /// Below this many FLOPs a forward pass runs on the calling thread: handing
 /// work to other threads costs about as long as such a layer takes.

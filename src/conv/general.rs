@@ -32,12 +32,11 @@
 use repconv_kernels::Activation as Act;
 
 use super::Conv2d;
-use super::frame::{Split, for_each_chunk};
+use super::frame::{Call, Split, for_each_chunk};
 use super::gemm::{self, Gemm};
 use super::params::Conv2dParams;
 use super::plan::Family;
 use crate::scratch::with_im2col;
-use crate::tensor::{TensorView, TensorViewMut};
 
 /// The longest reduction the GEMM runs: its tail panel is `k * NR` floats
 /// (12 MiB here at `NR = 48`). Longer ones run the direct tap loop.
@@ -90,13 +89,8 @@ fn band_len(k: usize, [oh, ow]: [usize; 2], limit: usize, tile: usize) -> usize 
 
 /// Runs a general convolution, or a 1x1 one whose reduction is too long for
 /// the GEMM (shapes already checked).
-pub(super) fn run(
-    conv: &Conv2d,
-    act: Act,
-    input: TensorView<'_>,
-    output: TensorViewMut<'_>,
-    parallel: bool,
-) {
+pub(super) fn run(call: Call<'_>) {
+    let Call { conv, act, input, output, parallel } = call;
     let [_, cin, h, w] = input.shape();
     let [_, cout, oh, ow] = output.shape();
     let x = input.as_slice();

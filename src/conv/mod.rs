@@ -142,8 +142,8 @@ impl Conv2d {
                 got: b.len(),
             });
         }
-        let packed = exec::pack(&params, &plan, weights, bias)?;
-        let packed_bf16 = exec::pack_bf16(&params, &plan, weights, bias)?;
+        let exec::Packed { f32: packed, bf16: packed_bf16 } =
+            exec::pack(&params, &plan, weights, bias)?;
         Ok(Conv2d {
             params,
             activation,
@@ -199,8 +199,8 @@ impl Conv2d {
         };
         let plan = Plan::with_precision(&self.params, choice, isa, precision)?;
         let bias = self.bias.as_deref();
-        let packed = exec::pack(&self.params, &plan, &self.weights, bias)?;
-        let packed_bf16 = exec::pack_bf16(&self.params, &plan, &self.weights, bias)?;
+        let exec::Packed { f32: packed, bf16: packed_bf16 } =
+            exec::pack(&self.params, &plan, &self.weights, bias)?;
         Ok(Conv2d { plan, packed, packed_bf16, precision, ..self })
     }
 

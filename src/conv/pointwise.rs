@@ -1,29 +1,28 @@
 //! The 1x1 runner: the input planes of each image are the GEMM's matrix
 //! already (reduction = input channels, columns = pixels), so no copy.
 
-use repconv_kernels::Activation as KernelAct;
 use repconv_kernels::bf16::{self, Conv1x1Bf16Args};
 
-use super::Conv2d;
-use super::frame::for_each_row_block;
+use super::frame::{Call, for_each_row_block};
 use super::gemm::Gemm;
 use crate::scratch::with_panel;
-use crate::tensor::{TensorView, TensorViewMut};
 
-/// Runs a 1x1, stride-1, unpadded, ungrouped convolution (shapes checked).
-pub(super) fn run(
-    conv: &Conv2d,
-    act: KernelAct,
-    input: TensorView<'_>,
-    output: TensorViewMut<'_>,
-    parallel: bool,
-) {
-    let [_, cin, h, w] = input.shape();
-    let [_, cout, ..] = output.shape();
+/// The images of a 1x1 call: `(input, output)` planes of each, and the
+/// sizes `[cin, cout, pixels]`.
+fn images<'c>(call: Call<'c>) -> (impl Iterator<Item = (&'c [f32], &'c mut [f32])>, [usize; 3]) {
+    let [_, cin, h, w] = call.input.shape();
+    let [_, cout, ..] = call.output.shape();
     let npix = h * w;
-    let x = input.as_slice();
-    let y = output.into_slice();
-    for (xb, yb) in x.chunks_exact(cin * npix).zip(y.chunks_exact_mut(cout * npix)) {
+    let x = call.input.as_slice();
+    let y = call.output.into_slice();
+    (x.chunks_exact(cin * npix).zip(y.chunks_exact_mut(cout * npix)), [cin, cout, npix])
+}
+
+/// Runs a 1x1, stride-1, unpadded, ungrouped convolution.
+pub(super) fn run(call: Call<'_>) {
+    let (conv, act, parallel) = (call.conv, call.act, call.parallel);
+    let (images, [cin, cout, npix]) = images(call);
+    for (xb, yb) in images {
         let gemm = Gemm {
             isa: conv.plan.isa(),
             act,
@@ -44,24 +43,15 @@ pub(super) fn run(
 /// 8-row blocks converts the input to bf16 pairs a band at a time in its own
 /// scratch and computes its rows; the split never changes any element's
 /// arithmetic.
-pub(super) fn run_bf16(
-    conv: &Conv2d,
-    act: KernelAct,
-    input: TensorView<'_>,
-    output: TensorViewMut<'_>,
-    parallel: bool,
-) {
-    let [_, cin, h, w] = input.shape();
-    let [_, cout, ..] = output.shape();
-    let npix = h * w;
+pub(super) fn run_bf16(call: Call<'_>) {
+    let (conv, act, parallel) = (call.conv, call.act, call.parallel);
     // A plan with a bf16 kernel has its bf16 implementation.
     let isa = conv.plan.bf16().expect("a bf16 plan");
+    let (images, [cin, cout, npix]) = images(call);
     let block_len = (cin.div_ceil(2) + 1) * bf16::MR;
     // At most BAND_WORDS, or 48 columns of cin <= 65536 channel pairs.
     let scratch = bf16::scratch_len(cin, npix).expect("bounded by the registry's predicate");
-    let x = input.as_slice();
-    let y = output.into_slice();
-    for (xb, yb) in x.chunks_exact(cin * npix).zip(y.chunks_exact_mut(cout * npix)) {
+    for (xb, yb) in images {
         for_each_row_block(bf16::MR, yb, cout, npix, parallel, |first_block, yc| {
             let args = Conv1x1Bf16Args {
                 m: yc.len() / npix,

@@ -3,7 +3,7 @@
 //! row stride `ow`) order, read from a prepared copy of the input.
 //!
 //! ```text
-//! out[q] = A(bias + c[q] + (l[q] & ml[q]) + (r[q] & mr[q]))      q = oy*ow + ox
+//! out[q] = A(bias + c[q] + (l[q] & mask_l[q]) + (r[q] & mask_r[q]))      q = oy*ow + ox
 //!   l[q] = Σ_ky w[ky][0] · src[q + offs[3ky]]        (kx = 0 taps)
 //!   c[q] = Σ_ky w[ky][1] · src[q + offs[3ky + 1]]    (kx = 1 taps)
 //!   r[q] = Σ_ky w[ky][2] · src[q + offs[3ky + 2]]    (kx = 2 taps)
@@ -15,7 +15,7 @@
 //! columns: the `kx = 0` tap of column 0 (and at stride 1 the `kx = 2` tap of
 //! column `w-1`) reads the neighbouring row. Those taps are summed in their
 //! own accumulators `l` / `r` and cleared once per vector with the lane masks
-//! `ml` / `mr` (all-ones or zero per lane). Because the whole per-lane
+//! `mask_l` / `mask_r` (all-ones or zero per lane). Because the whole per-lane
 //! contribution of the column is cleared, a NaN in the neighbouring row never
 //! leaks (a bitwise AND clears NaN too), and the FMA pipes see the same 9
 //! multiply-adds per vector as an unmasked kernel (7 FMAs + 2 multiplies),
@@ -33,10 +33,10 @@
 //! `m` of the first vector's mask.
 //!
 //! Packed weights per channel: `[bias, w00, w01, w02, w10, .., w22]`, splatted
-//! by the driver into `k: [V; 10]`.
+//! by the driver into `w9: [V; 10]`.
 //!
 //! Preconditions (asserted once at entry): `q0 + N*LANES + max(offs) <= src.len()`,
-//! `(m + N) * LANES <= ml.len()` (and `mr.len()` when `MASK_R`),
+//! `(m + N) * LANES <= mask_l.len()` (and `mask_r.len()` when `MASK_R`),
 //! `o0 + N*LANES <= out.len()`.
 
 use crate::act::Act;
@@ -56,23 +56,23 @@ pub const U: usize = 4;
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn dw3x3_flat<V: Vector, const N: usize, const MASK_R: bool, A: Act>(
-    k: &[V; 10],
+    w9: &[V; 10],
     src: &[f32],
     offs: &[usize; 9],
     q0: usize,
-    ml: &[f32],
-    mr: &[f32],
+    mask_l: &[f32],
+    mask_r: &[f32],
     m: usize,
     out: &mut [f32],
     o0: usize,
 ) {
     let max_off = offs.iter().copied().fold(0, usize::max);
     assert!(q0 + N * V::LANES + max_off <= src.len(), "flat kernel reads past the source");
-    assert!((m + N) * V::LANES <= ml.len(), "left mask table too short");
-    assert!(!MASK_R || (m + N) * V::LANES <= mr.len(), "right mask table too short");
+    assert!((m + N) * V::LANES <= mask_l.len(), "left mask table too short");
+    assert!(!MASK_R || (m + N) * V::LANES <= mask_r.len(), "right mask table too short");
     assert!(o0 + N * V::LANES <= out.len(), "flat kernel writes past the output");
 
-    let mut c = [k[0]; N];
+    let mut c = [w9[0]; N];
     let mut l = [V::zero(); N];
     let mut r = [V::zero(); N];
     // Tap-major order: the N independent chains of each accumulator kind
@@ -90,22 +90,22 @@ pub(crate) fn dw3x3_flat<V: Vector, const N: usize, const MASK_R: bool, A: Act>(
                 )
             };
             if ky == 0 {
-                l[u] = a.mul(k[1]);
-                r[u] = d.mul(k[3]);
+                l[u] = a.mul(w9[1]);
+                r[u] = d.mul(w9[3]);
             } else {
-                l[u] = a.mul_add(k[1 + 3 * ky], l[u]);
-                r[u] = d.mul_add(k[3 + 3 * ky], r[u]);
+                l[u] = a.mul_add(w9[1 + 3 * ky], l[u]);
+                r[u] = d.mul_add(w9[3 + 3 * ky], r[u]);
             }
-            c[u] = b.mul_add(k[2 + 3 * ky], c[u]);
+            c[u] = b.mul_add(w9[2 + 3 * ky], c[u]);
         }
     }
     for u in 0..N {
-        // SAFETY: (m + u + 1) * V::LANES <= (m + N) * V::LANES <= ml.len() (and
-        // mr.len() when MASK_R) by the entry asserts.
+        // SAFETY: (m + u + 1) * V::LANES <= (m + N) * V::LANES <= mask_l.len() (and
+        // mask_r.len() when MASK_R) by the entry asserts.
         let (vl, vr) = unsafe {
             (
-                V::load_unchecked(ml, (m + u) * V::LANES),
-                if MASK_R { V::load_unchecked(mr, (m + u) * V::LANES) } else { V::zero() },
+                V::load_unchecked(mask_l, (m + u) * V::LANES),
+                if MASK_R { V::load_unchecked(mask_r, (m + u) * V::LANES) } else { V::zero() },
             )
         };
         let rr = if MASK_R { r[u].and(vr) } else { r[u] };

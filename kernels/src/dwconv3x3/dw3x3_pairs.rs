@@ -99,8 +99,8 @@ pub(super) fn dw3x3_pairs<V: Vector, A: Act>(stride: usize, args: Dw3x3Args<'_>)
         let two = c + 1 < channels;
         // A loop, not `array::from_fn`: a closure would be compiled without
         // the ISA's target features.
-        let mut k = [V::zero(); PACKED_PER_CHANNEL];
-        for (t, kt) in k.iter_mut().enumerate() {
+        let mut w9 = [V::zero(); PACKED_PER_CHANNEL];
+        for (t, kt) in w9.iter_mut().enumerate() {
             let lo = packed[c * PACKED_PER_CHANNEL + t];
             let hi = if two { packed[(c + 1) * PACKED_PER_CHANNEL + t] } else { 0.0 };
             *kt = V::pick2(V::splat(lo), V::splat(hi), px.halves);
@@ -110,7 +110,7 @@ pub(super) fn dw3x3_pairs<V: Vector, A: Act>(stride: usize, args: Dw3x3Args<'_>)
         // them tested at run time in every row, the flag loads and branches
         // outnumbered the FMAs (Zen 5, 1 thread, 14x14 stride 2: 61 -> 68-69 GFLOP/s; 7x7
         // stride 1: 73-74 -> 77-79).
-        let rows = (&k, &px, input, &planes, [h, ow], &mut *output, c * ohw);
+        let rows = (&w9, &px, input, &planes, [h, ow], &mut *output, c * ohw);
         match (stride, px.mask_r.is_some(), two) {
             (1, _, true) => pair_rows::<V, A, 1, true, true>(rows),
             (1, _, false) => pair_rows::<V, A, 1, true, false>(rows),
@@ -168,10 +168,10 @@ fn taps<V: Vector, const S: usize, const MASK: bool, const TWO: bool>(
 
 /// `acc += taps * weights of kernel row ky`, per lane.
 #[inline(always)]
-fn add<V: Vector>(k: &[V; PACKED_PER_CHANNEL], ky: usize, t: RowTaps<V>, acc: &mut RowTaps<V>) {
-    acc.0 = t.0.mul_add(k[1 + 3 * ky], acc.0);
-    acc.1 = t.1.mul_add(k[2 + 3 * ky], acc.1);
-    acc.2 = t.2.mul_add(k[3 + 3 * ky], acc.2);
+fn add<V: Vector>(w9: &[V; PACKED_PER_CHANNEL], ky: usize, t: RowTaps<V>, acc: &mut RowTaps<V>) {
+    acc.0 = t.0.mul_add(w9[1 + 3 * ky], acc.0);
+    acc.1 = t.1.mul_add(w9[2 + 3 * ky], acc.1);
+    acc.2 = t.2.mul_add(w9[3 + 3 * ky], acc.2);
 }
 
 /// Stores output row `oy` of both channels (their planes `ohw` apart from
@@ -204,7 +204,7 @@ fn store_row<V: Vector>(
 /// stride 2: one).
 #[inline(always)]
 fn pair_rows<V: Vector, A: Act, const S: usize, const MASK: bool, const TWO: bool>(
-    (k, px, input, planes, [h, ow], out, ob): PairRows<'_, V>,
+    (w9, px, input, planes, [h, ow], out, ob): PairRows<'_, V>,
 ) {
     let zero = (V::zero(), V::zero(), V::zero());
     let oh = out_dim(h, S);
@@ -218,10 +218,10 @@ fn pair_rows<V: Vector, A: Act, const S: usize, const MASK: bool, const TWO: boo
         } else {
             zero
         };
-        let mut acc = (V::zero(), k[0], V::zero());
-        add(k, 0, above, &mut acc);
-        add(k, 1, cur, &mut acc);
-        add(k, 2, below, &mut acc);
+        let mut acc = (V::zero(), w9[0], V::zero());
+        add(w9, 0, above, &mut acc);
+        add(w9, 1, cur, &mut acc);
+        add(w9, 2, below, &mut acc);
         store_row(finish::<V, A>(acc), out, ob, oh * ow, oy, ow, TWO);
         above = if S == 1 { cur } else { below };
         next = below;

@@ -39,7 +39,7 @@
 //! Lanes past the end of the row compute garbage the driver never keeps.
 //!
 //! Packed weights per channel: `[bias, w00, w01, w02, w10, .., w22]`, splatted
-//! by the driver into `k: [V; 10]`.
+//! by the driver into `w9: [V; 10]`.
 //!
 //! Preconditions (asserted once at entry): every index read,
 //! `in_off - 1 - (!TOP as usize) * w .. in_off + (R - BOT as usize) * w + 1 + LANES`,
@@ -65,7 +65,22 @@ pub(crate) const EDGE_RIGHT: u8 = 2;
 ///
 /// # Panics
 /// If any of the preconditions in the module docs does not hold.
-#[allow(clippy::too_many_arguments)]
+/// What one band of the stride-1 kernel reads and where it writes: the
+/// channel's splatted `[bias, w0..w8]`, the input plane from `in_off` (rows
+/// `w` apart), the two edge-column lane masks, and the output from `out_off`
+/// (rows `ow` apart).
+#[derive(Clone, Copy)]
+pub(crate) struct Band<'a, V> {
+    pub(crate) w9: &'a [V; 10],
+    pub(crate) input: &'a [f32],
+    pub(crate) in_off: usize,
+    pub(crate) w: usize,
+    pub(crate) mask_l: V,
+    pub(crate) mask_r: V,
+    pub(crate) out_off: usize,
+    pub(crate) ow: usize,
+}
+
 #[inline(always)]
 pub(crate) fn dw3x3_s1p1_band<
     V: Vector,
@@ -75,16 +90,10 @@ pub(crate) fn dw3x3_s1p1_band<
     const EDGE: u8,
     A: Act,
 >(
-    k: &[V; 10],
-    input: &[f32],
-    in_off: usize,
-    w: usize,
-    mask_l: V,
-    mask_r: V,
+    band: &Band<'_, V>,
     output: &mut [f32],
-    out_off: usize,
-    ow: usize,
 ) {
+    let Band { w9, input, in_off, w, mask_l, mask_r, out_off, ow } = *band;
     // Input rows oy0-1+i for i in first..=last; row 0 / row R+1 are padding
     // under TOP / BOT and are skipped at compile time.
     let first = if TOP { 1 } else { 0 };
@@ -98,7 +107,7 @@ pub(crate) fn dw3x3_s1p1_band<
     // instead of one of 9, so FMA latency no longer bounds the band. (The
     // centre tap stays fused with the bias, as in every other kernel.)
     let split = SPLIT_REGISTERS + 2 * R <= V::REGISTERS;
-    let mut acc = [k[0]; R];
+    let mut acc = [w9[0]; R];
     let mut outer = [V::zero(); R];
     // A constant trip count, so LLVM unrolls the row loop fully and the weight
     // indices below become compile-time constants (weights stay in registers).
@@ -126,9 +135,9 @@ pub(crate) fn dw3x3_s1p1_band<
             if i >= j && i - j < 3 {
                 let ky = i - j;
                 let a = if split && ky != 1 { o } else { a };
-                *a = l.mul_add(k[1 + 3 * ky], *a);
-                *a = c.mul_add(k[2 + 3 * ky], *a);
-                *a = r.mul_add(k[3 + 3 * ky], *a);
+                *a = l.mul_add(w9[1 + 3 * ky], *a);
+                *a = c.mul_add(w9[2 + 3 * ky], *a);
+                *a = r.mul_add(w9[3 + 3 * ky], *a);
             }
         }
     }

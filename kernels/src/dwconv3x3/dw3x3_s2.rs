@@ -144,8 +144,8 @@ pub(super) fn dw3x3_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>) {
             mask_r: if w % 2 == 1 { lane_mask(|j| j + 1 == ow || j + 1 == 2 * ow) } else { ones },
         };
         for c in 0..channels {
-            let k = weights_of(packed, c);
-            pairs_plane::<V, A>(&k, &idx, input, c * hw, [h, w], output, c * ohw);
+            let w9 = weights_of(packed, c);
+            pairs_plane::<V, A>(&w9, &idx, input, c * hw, [h, w], output, c * ohw);
         }
     } else {
         let l = V::LANES as u32;
@@ -160,7 +160,7 @@ pub(super) fn dw3x3_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>) {
         let ncol = ow.div_ceil(V::LANES);
         let odd_w = w % 2 == 1;
         for c in 0..channels {
-            let k = weights_of(packed, c);
+            let w9 = weights_of(packed, c);
             for j in 0..ncol {
                 let ox0 = (j * V::LANES).min(ow.saturating_sub(V::LANES));
                 // With odd w the last column's right tap is column w: padding.
@@ -171,7 +171,7 @@ pub(super) fn dw3x3_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>) {
                 let masked = odd_w && j + 1 == ncol;
                 let mask_r = if masked { lane_mask(|i| ox0 + i + 1 == ow) } else { ones };
                 let col = Col { ox0, mask_r };
-                let args = (&k, &idx, &col, input, c * hw, [h, w], &mut *output, c * ohw);
+                let args = (&w9, &idx, &col, input, c * hw, [h, w], &mut *output, c * ohw);
                 if masked {
                     rows_column::<V, A, true>(args)
                 } else {
@@ -220,10 +220,10 @@ fn row_taps<V: Vector, const MASK: bool>(
 /// Adds one input row's taps times the weights of kernel row `ky` to the
 /// three accumulators `(left, centre, right)`.
 #[inline(always)]
-fn add_row<V: Vector>(k: &Weights, ky: usize, t: RowTaps<V>, acc: &mut RowTaps<V>) {
-    acc.0 = t.0.mul_add(V::splat(k[1 + 3 * ky]), acc.0);
-    acc.1 = t.1.mul_add(V::splat(k[2 + 3 * ky]), acc.1);
-    acc.2 = t.2.mul_add(V::splat(k[3 + 3 * ky]), acc.2);
+fn add_row<V: Vector>(w9: &Weights, ky: usize, t: RowTaps<V>, acc: &mut RowTaps<V>) {
+    acc.0 = t.0.mul_add(V::splat(w9[1 + 3 * ky]), acc.0);
+    acc.1 = t.1.mul_add(V::splat(w9[2 + 3 * ky]), acc.1);
+    acc.2 = t.2.mul_add(V::splat(w9[3 + 3 * ky]), acc.2);
 }
 
 /// `A((bias + centre) + left + right)`.
@@ -250,7 +250,7 @@ fn store_out<V: Vector>(v: V, out: &mut [f32], o: usize) {
 /// input row is loaded and permuted once.
 #[inline(always)]
 fn rows_column<V: Vector, A: Act, const MASK: bool>(
-    (k, idx, col, input, ib, [h, w], out, ob): ColumnArgs<'_, V>,
+    (w9, idx, col, input, ib, [h, w], out, ob): ColumnArgs<'_, V>,
 ) {
     let ow = out_dim(w, 2);
     let oh = out_dim(h, 2);
@@ -258,15 +258,15 @@ fn rows_column<V: Vector, A: Act, const MASK: bool>(
     // Taps of input row 2oy - 1 (row -1 is padding).
     let mut above = zero;
     for oy in 0..oh {
-        let mut acc = (V::zero(), V::splat(k[0]), V::zero());
-        add_row(k, 0, above, &mut acc);
-        add_row(k, 1, row_taps::<V, MASK>(idx, col, input, ib, w, 2 * oy), &mut acc);
+        let mut acc = (V::zero(), V::splat(w9[0]), V::zero());
+        add_row(w9, 0, above, &mut acc);
+        add_row(w9, 1, row_taps::<V, MASK>(idx, col, input, ib, w, 2 * oy), &mut acc);
         above = if 2 * oy + 1 < h {
             row_taps::<V, MASK>(idx, col, input, ib, w, 2 * oy + 1)
         } else {
             zero
         };
-        add_row(k, 2, above, &mut acc);
+        add_row(w9, 2, above, &mut acc);
         store_out(finish::<V, A>(acc), out, ob + oy * ow + col.ox0);
     }
 }
@@ -275,7 +275,7 @@ fn rows_column<V: Vector, A: Act, const MASK: bool>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pairs_plane<V: Vector, A: Act>(
-    k: &Weights,
+    w9: &Weights,
     idx: &PairIdx<V>,
     input: &[f32],
     ib: usize,
@@ -285,7 +285,7 @@ fn pairs_plane<V: Vector, A: Act>(
 ) {
     let (oh, ow) = (out_dim(h, 2), out_dim(w, 2));
     for p in 0..oh.div_ceil(2) {
-        let mut acc = (V::zero(), V::splat(k[0]), V::zero());
+        let mut acc = (V::zero(), V::splat(w9[0]), V::zero());
         for ky in 0..3 {
             // First half: input row 4p + ky - 1; second half: two rows below.
             let iy = 4 * p + ky;
@@ -296,7 +296,7 @@ fn pairs_plane<V: Vector, A: Act>(
                 V::pick2(a, b, idx.tap[1]),
                 V::pick2(a, b, idx.tap[2]).and(idx.mask_r),
             );
-            add_row(k, ky, taps, &mut acc);
+            add_row(w9, ky, taps, &mut acc);
         }
         store_out(finish::<V, A>(acc), out, ob + 2 * p * ow);
     }

@@ -61,7 +61,7 @@ mod dw3x3_s1p1;
 mod dw3x3_s2;
 
 use dw3x3_flat::dw3x3_flat;
-use dw3x3_s1p1::{EDGE_LEFT, EDGE_RIGHT, dw3x3_s1p1_band};
+use dw3x3_s1p1::{Band, EDGE_LEFT, EDGE_RIGHT, dw3x3_s1p1_band};
 
 use crate::act::{Act, Activation, with_act};
 use crate::isa::{Isa, Job, MAX_LANES, Vector, dispatch};
@@ -176,24 +176,24 @@ fn mask_entries<V: Vector>(ow: usize) -> usize {
     mask_period::<V>(ow) + dw3x3_flat::U
 }
 
-/// Fills `ml` / `mr` (`mask_entries(ow) * LANES` floats each, `mr` may be
+/// Fills `mask_l` / `mask_r` (`mask_entries(ow) * LANES` floats each, `mask_r` may be
 /// empty) with the lane masks of flat vectors `0..mask_entries(ow)`: lane `i`
-/// of vector `v` sits at column `x = (v*LANES + i) % ow`; `ml` clears `x == 0`,
-/// `mr` clears `x == ow - 1`.
-fn fill_masks(ow: usize, ml: &mut [f32], mr: &mut [f32]) {
+/// of vector `v` sits at column `x = (v*LANES + i) % ow`; `mask_l` clears `x == 0`,
+/// `mask_r` clears `x == ow - 1`.
+fn fill_masks(ow: usize, mask_l: &mut [f32], mask_r: &mut [f32]) {
     let ones = f32::from_bits(u32::MAX);
-    for (p, v) in ml.iter_mut().enumerate() {
+    for (p, v) in mask_l.iter_mut().enumerate() {
         *v = if p % ow == 0 { 0.0 } else { ones };
     }
-    for (p, v) in mr.iter_mut().enumerate() {
+    for (p, v) in mask_r.iter_mut().enumerate() {
         *v = if p % ow == ow - 1 { 0.0 } else { ones };
     }
 }
 
 /// `n` rounded up to an odd multiple of 512 floats (half a 4 KiB page).
 fn odd_half_pages(n: usize) -> usize {
-    let k = n.div_ceil(512);
-    512 * (k | 1)
+    let halves = n.div_ceil(512);
+    512 * (halves | 1)
 }
 
 /// Stride-1 prepared plane: `front` zeros (at least one row plus one), the
@@ -229,11 +229,11 @@ fn flat_scratch_len<V: Vector>(h: usize, w: usize, stride: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn flat_plane<V: Vector, const MASK_R: bool, A: Act>(
-    k: &[V; 10],
+    w9: &[V; 10],
     src: &[f32],
     offs: &[usize; 9],
-    ml: &[f32],
-    mr: &[f32],
+    mask_l: &[f32],
+    mask_r: &[f32],
     period: usize,
     nvec: usize,
     output: &mut [f32],
@@ -245,7 +245,7 @@ fn flat_plane<V: Vector, const MASK_R: bool, A: Act>(
     // LOOP 2: steps of U vectors.
     while v + U <= nvec && o0 + (v + U) * V::LANES <= output.len() {
         let q = v * V::LANES;
-        dw3x3_flat::<V, U, MASK_R, A>(k, src, offs, q, ml, mr, m, output, o0 + q);
+        dw3x3_flat::<V, U, MASK_R, A>(w9, src, offs, q, mask_l, mask_r, m, output, o0 + q);
         v += U;
         m = (m + U) % period;
     }
@@ -253,10 +253,10 @@ fn flat_plane<V: Vector, const MASK_R: bool, A: Act>(
     while v < nvec {
         let q = v * V::LANES;
         if o0 + q + V::LANES <= output.len() {
-            dw3x3_flat::<V, 1, MASK_R, A>(k, src, offs, q, ml, mr, m, output, o0 + q);
+            dw3x3_flat::<V, 1, MASK_R, A>(w9, src, offs, q, mask_l, mask_r, m, output, o0 + q);
         } else {
             let mut tile = [0.0f32; MAX_LANES];
-            dw3x3_flat::<V, 1, MASK_R, A>(k, src, offs, q, ml, mr, m, &mut tile, 0);
+            dw3x3_flat::<V, 1, MASK_R, A>(w9, src, offs, q, mask_l, mask_r, m, &mut tile, 0);
             let n = output.len() - (o0 + q);
             output[o0 + q..].copy_from_slice(&tile[..n]);
         }
@@ -277,8 +277,8 @@ fn flat_s1<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
     let lay = S1Layout::new::<V>(h, w);
     let me = mask_entries::<V>(w) * V::LANES;
     let (masks, rest) = scratch.split_at_mut(2 * me);
-    let (ml, mr) = masks.split_at_mut(me);
-    fill_masks(w, ml, mr);
+    let (mask_l, mask_r) = masks.split_at_mut(me);
+    fill_masks(w, mask_l, mask_r);
     let bufs = &mut rest[..2 * lay.len];
     bufs.fill(0.0);
     let (b0, b1) = bufs.split_at_mut(lay.len);
@@ -299,8 +299,8 @@ fn flat_s1<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
         if c + 1 < channels {
             copy(c + 1, next);
         }
-        let k = splat_weights::<V>(&packed[c * PACKED_PER_CHANNEL..]);
-        flat_plane::<V, true, A>(&k, cur, &offs, ml, mr, period, nvec, output, c * hw);
+        let w9 = splat_weights::<V>(&packed[c * PACKED_PER_CHANNEL..]);
+        flat_plane::<V, true, A>(&w9, cur, &offs, mask_l, mask_r, period, nvec, output, c * hw);
     }
 }
 
@@ -366,11 +366,11 @@ fn check_args<V: Vector>(args: &Dw3x3Args<'_>, stride: usize, scratch: &[f32]) -
 /// Splats one channel's packed block into registers.
 #[inline(always)]
 fn splat_weights<V: Vector>(blk: &[f32]) -> [V; 10] {
-    let mut k = [V::zero(); 10];
-    for (v, &x) in k.iter_mut().zip(blk[..PACKED_PER_CHANNEL].iter()) {
+    let mut w9 = [V::zero(); 10];
+    for (v, &x) in w9.iter_mut().zip(blk[..PACKED_PER_CHANNEL].iter()) {
         *v = V::splat(x);
     }
-    k
+    w9
 }
 
 /// The first output column of column vector `j` of a row of `ow` outputs.
@@ -531,8 +531,8 @@ fn s1_body<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
             } else {
                 (&*s_in, 1, &mut *s_out, 0)
             };
-            let k = splat_weights::<V>(blk);
-            s1_plane::<V, A>(&k, [h, w], masks, src, io, dst, oo);
+            let w9 = splat_weights::<V>(blk);
+            s1_plane::<V, A>(&w9, [h, w], masks, src, io, dst, oo);
         }
         if !fast {
             output[c * hw..(c + 1) * hw].copy_from_slice(&s_out[..hw]);
@@ -544,7 +544,7 @@ fn s1_body<V: Vector, A: Act>(args: Dw3x3Args<'_>, scratch: &mut [f32]) {
 /// closure would be compiled without the ISA's target features).
 #[inline(always)]
 fn s1_plane<V: Vector, A: Act>(
-    k: &[V; 10],
+    w9: &[V; 10],
     [h, w]: [usize; 2],
     (ml0, mr_last): (V, V),
     src: &[f32],
@@ -567,33 +567,35 @@ fn s1_plane<V: Vector, A: Act>(
                 if ox0 == 0 { EDGE_LEFT } else { 0 } | if j + 1 == ncol { EDGE_RIGHT } else { 0 };
             let io = in_off + oy0 * w + ox0;
             let oo = out_off + oy0 * ow + ox0;
-            s1_band::<V, A>(rows, top, bot, edge, k, src, io, w, ml0, mr_last, dst, oo, ow);
+            let band = Band {
+                w9,
+                input: src,
+                in_off: io,
+                w,
+                mask_l: ml0,
+                mask_r: mr_last,
+                out_off: oo,
+                ow,
+            };
+            s1_band::<V, A>(rows, top, bot, edge, &band, dst);
         }
     }
 }
 
 /// Runs the stride-1 band kernel instantiated for `rows` rows and the given
 /// vertical padding.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn s1_band<V: Vector, A: Act>(
     rows: usize,
     top: bool,
     bot: bool,
     edge: u8,
-    k: &[V; 10],
-    input: &[f32],
-    io: usize,
-    w: usize,
-    ml: V,
-    mr: V,
+    band: &Band<'_, V>,
     output: &mut [f32],
-    oo: usize,
-    ow: usize,
 ) {
     macro_rules! go {
         ($r:literal) => {
-            s1_band_r::<V, $r, A>(top, bot, edge, k, input, io, w, ml, mr, output, oo, ow)
+            s1_band_r::<V, $r, A>(top, bot, edge, band, output)
         };
     }
     match rows {
@@ -611,33 +613,21 @@ fn s1_band<V: Vector, A: Act>(
 /// [`s1_band`] for a fixed `R`. Bands of fewer than [`min_multi_band`] rows
 /// only occur as the single band of a short plane (`top && bot`), so the other
 /// padding variants are not instantiated for them.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn s1_band_r<V: Vector, const R: usize, A: Act>(
     top: bool,
     bot: bool,
     edge: u8,
-    k: &[V; 10],
-    input: &[f32],
-    io: usize,
-    w: usize,
-    ml: V,
-    mr: V,
+    band: &Band<'_, V>,
     output: &mut [f32],
-    oo: usize,
-    ow: usize,
 ) {
     macro_rules! go {
         ($t:literal, $b:literal) => {
             match edge {
-                0 => dw3x3_s1p1_band::<V, R, $t, $b, 0, A>(k, input, io, w, ml, mr, output, oo, ow),
-                EDGE_LEFT => dw3x3_s1p1_band::<V, R, $t, $b, EDGE_LEFT, A>(
-                    k, input, io, w, ml, mr, output, oo, ow,
-                ),
-                EDGE_RIGHT => dw3x3_s1p1_band::<V, R, $t, $b, EDGE_RIGHT, A>(
-                    k, input, io, w, ml, mr, output, oo, ow,
-                ),
-                _ => dw3x3_s1p1_band::<V, R, $t, $b, 3, A>(k, input, io, w, ml, mr, output, oo, ow),
+                0 => dw3x3_s1p1_band::<V, R, $t, $b, 0, A>(band, output),
+                EDGE_LEFT => dw3x3_s1p1_band::<V, R, $t, $b, EDGE_LEFT, A>(band, output),
+                EDGE_RIGHT => dw3x3_s1p1_band::<V, R, $t, $b, EDGE_RIGHT, A>(band, output),
+                _ => dw3x3_s1p1_band::<V, R, $t, $b, 3, A>(band, output),
             }
         };
     }
