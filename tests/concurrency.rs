@@ -1,7 +1,8 @@
 //! One `Conv2d` shared by 8 threads, each running different inputs at once,
 //! gives exactly the serial results (no shared mutable state, per-thread
 //! scratch); and every kernel family is bitwise identical for rayon pools of
-//! 1, 2, 3 and 8 threads.
+//! 1, 2, 3 and 8 threads (depthwise layers of 7 and 9 channels included, which
+//! 2 and 3 threads split into uneven channel chunks).
 
 mod common;
 
@@ -29,6 +30,16 @@ fn layers() -> Vec<(Conv2dParams, [usize; 4])> {
                 .with_groups(64),
             [2, 64, 15, 17],
         ),
+        // Depthwise with channel counts that 2 and 3 threads split unevenly
+        // (7 = 4 + 3 = 3 + 2 + 2, 9 = 5 + 4), at both strides, and the
+        // depthwise 1x1 kernel.
+        (Conv2dParams::new(7, 7, [3, 3]).with_padding([1, 1]).with_groups(7), [1, 7, 30, 34]),
+        (
+            Conv2dParams::new(9, 9, [3, 3]).with_padding([1, 1]).with_stride([2, 2]).with_groups(9),
+            [2, 9, 27, 31],
+        ),
+        (Conv2dParams::new(9, 9, [3, 3]).with_padding([1, 1]).with_groups(9), [1, 9, 15, 16]),
+        (Conv2dParams::new(7, 7, [1, 1]).with_groups(7), [1, 7, 25, 27]),
         (Conv2dParams::new(12, 24, [5, 5]).with_padding([2, 2]).with_groups(4), [1, 12, 20, 20]),
         (
             Conv2dParams::new(16, 32, [3, 3]).with_stride([2, 1]).with_dilation([2, 1]),

@@ -3,6 +3,8 @@
 //! passes equal the Rust API bit for bit (same ISA, any thread count);
 //! thread settings, ISA selection, queries, concurrency.
 
+#[path = "../../tests/common/isas.rs"]
+mod isas;
 #[path = "../../tests/common/watchdog.rs"]
 #[allow(dead_code)]
 mod watchdog;
@@ -14,6 +16,14 @@ use repconv_capi::*;
 use repconv_rs::mobileone::{MobileOne, SplitMix64, Workspace};
 use repconv_rs::weights::{self, LoadOptions};
 use repconv_rs::{Activation, Conv2d, Conv2dParams, Isa, Tensor};
+
+/// Every ISA this CPU has, reported for the per-ISA loop `suite` (printed,
+/// and checked against REPCONV_REQUIRE_ISA).
+fn available_isas(suite: &str) -> Vec<Isa> {
+    let all: Vec<Isa> = Isa::available().collect();
+    isas::report(suite, &all.iter().map(|i| i.name()).collect::<Vec<_>>());
+    all
+}
 
 fn fixture(name: &str) -> String {
     format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -330,7 +340,8 @@ fn conv_on_every_available_isa() {
     let (params, shape) = layers().swap_remove(1);
     let w = values(1, params.weight_len().unwrap());
     let x = Tensor::from_vec(shape, values(2, shape.iter().product())).unwrap();
-    for isa in Isa::available().chain([Isa::best()]) {
+    for isa in available_isas("capi::conv_on_every_available_isa").into_iter().chain([Isa::best()])
+    {
         let rust = Conv2d::new(params, &w, None, Activation::Relu).unwrap().with_isa(isa).unwrap();
         let c =
             CConv::create(&params, &w, None, REPCONV_ACTIVATION_RELU, Some(isa.name())).unwrap();
@@ -717,7 +728,7 @@ fn net_isa_and_batch_shapes() {
     let path = fixture("s0.fused.safetensors");
     let rust = rust_net(&path);
     let x = Tensor::from_vec([3, 3, 40, 24], values(11, 3 * 3 * 40 * 24)).unwrap();
-    for isa in Isa::available() {
+    for isa in available_isas("capi::net_isa_and_batch_shapes") {
         let c = CNet::load(&path, Some(isa.name())).unwrap();
         assert_eq!(c.string(repconv_net_isa), isa.name());
         let mut logits = vec![0.0; 30];
