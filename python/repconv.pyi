@@ -8,7 +8,7 @@ copied anyway). Every forward pass releases the GIL.
 """
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,7 @@ __version__: str
 _IntOrPair = Union[int, Tuple[int, int]]
 _Path = Union[str, "os.PathLike[str]"]
 _F32Array = npt.NDArray[np.float32]
+_Precision = Optional[Literal["f32", "bf16"]]
 
 class Error(Exception):
     """Base class of every error repconv reports."""
@@ -37,6 +38,11 @@ class ParamError(Error, ValueError):
 
 class IsaError(Error, ValueError):
     """An instruction set is unknown or this CPU lacks it (also a ValueError)."""
+
+class PrecisionError(Error, ValueError):
+    """A precision is unknown, or this CPU cannot run it: bf16 needs
+    AVX512_BF16 and the avx512 kernels, or REPCONV_BF16=emulated for the slow
+    software model (also a ValueError)."""
 
 class FormatError(Error, ValueError):
     """A checkpoint is not one this library can load; the message names the
@@ -63,7 +69,11 @@ class Conv2d:
     ``dilation`` are an int or a (height, width) pair. ``activation`` is None
     or "relu" (fused into the store). ``isa`` is None for ``isa_default()``,
     or "best", "avx512", "avx2", "portable". ``threads``: 0 for the global
-    pool, n for a private pool of n threads.
+    pool, n for a private pool of n threads. ``precision``: None or "f32"
+    (the default), or "bf16": a 1x1 convolution then rounds its weights and
+    inputs to bfloat16 and sums in f32 (other geometries stay f32); it needs
+    AVX512_BF16 with the avx512 kernels, or REPCONV_BF16=emulated (read once
+    per process) for the slow software model, else PrecisionError.
     """
 
     def __init__(
@@ -78,7 +88,11 @@ class Conv2d:
         activation: Optional[str] = None,
         isa: Optional[str] = None,
         threads: int = 0,
+        precision: _Precision = None,
     ) -> None: ...
+    def with_precision(self, precision: _Precision) -> "Conv2d":
+        """A new convolution computing in ``precision`` (same weights, ISA and
+        threads); raises PrecisionError where it cannot run."""
     def __call__(self, x: _F32Array, out: Optional[_F32Array] = None) -> _F32Array:
         """Runs the convolution on ``x`` (float32, C-contiguous, NCHW) into
         ``out`` (written in place and returned; shape ``output_shape(x.shape)``)
@@ -88,7 +102,12 @@ class Conv2d:
     def _time_rust(self, x: _F32Array, out: _F32Array, calls: int) -> float: ...
     @property
     def kernel_name(self) -> str:
-        """The kernel that runs, e.g. "conv1x1_8x48__avx512"."""
+        """The kernel that runs, e.g. "conv1x1_8x48__avx512", or
+        "conv1x1_bf16_8x48__avx512bf16" for a 1x1 convolution in bf16
+        ("...__emulated" on the software model)."""
+    @property
+    def precision(self) -> str:
+        """The precision asked for: "f32" or "bf16"."""
     @property
     def isa(self) -> str:
         """The kernel's instruction set: "avx512", "avx2" or "portable"."""
@@ -123,18 +142,35 @@ class MobileOne:
     (train-time) or reparameterized (fused)."""
 
     @staticmethod
-    def load(path: _Path, *, isa: Optional[str] = None, threads: int = 0) -> "MobileOne":
+    def load(
+        path: _Path,
+        *,
+        isa: Optional[str] = None,
+        threads: int = 0,
+        precision: _Precision = None,
+    ) -> "MobileOne":
         """Loads a timm MobileOne checkpoint (safetensors; train-time, fused or
-        mixed; F32, F16 or BF16). Variant and classes come from the tensors."""
+        mixed; F32, F16 or BF16). Variant and classes come from the tensors.
+        ``precision="bf16"``: the 1x1 convolutions in bf16 (see Conv2d)."""
     @staticmethod
     def from_state_dict(
-        state_dict: Mapping[str, Any], *, isa: Optional[str] = None, threads: int = 0
+        state_dict: Mapping[str, Any],
+        *,
+        isa: Optional[str] = None,
+        threads: int = 0,
+        precision: _Precision = None,
     ) -> "MobileOne":
         """Builds the network from a state dict in timm's names (str to arrays
         or anything with ``__array__``), e.g.
         ``{k: v.numpy() for k, v in model.state_dict().items()}``."""
     def reparameterize(self) -> "MobileOne":
-        """A new network in the fused form (same ISA and thread setting)."""
+        """A new network in the fused form (same ISA, precision and thread
+        setting)."""
+    def with_precision(self, precision: _Precision) -> "MobileOne":
+        """A new network computing in ``precision`` (same weights, form, ISA
+        and threads): with "bf16" its 1x1 convolutions round weights and
+        inputs to bfloat16 and sum in f32; the rest and the logits stay f32.
+        Raises PrecisionError where bf16 cannot run."""
     def save(self, path: _Path, *, overwrite: bool = True) -> None:
         """Writes the network in its current form (safetensors, timm names,
         float32), atomically."""
@@ -158,10 +194,11 @@ class MobileOne:
         """The main job's table for this (multi-branch) network: multi-branch
         vs fused median latency and the agreement of their logits.
 
-        Keys: variant, form, cpu, isa, shape, batch, size, threads, runs,
-        multi_ms, fused_ms, speedup, max_abs_diff, max_rel_diff,
-        max_abs_logit, argmax_equal, multi_mflop, fused_mflop, multi_gflops,
-        fused_gflops, peak_gflops (None when ``peak=False``)."""
+        Keys: variant, form, cpu, isa, precision, shape, batch, size,
+        threads, runs, multi_ms, fused_ms, speedup, max_abs_diff,
+        max_rel_diff, max_abs_logit, argmax_equal, multi_mflop, fused_mflop,
+        multi_gflops, fused_gflops, peak_gflops (None when ``peak=False``).
+        A bf16 network compares both forms in bf16."""
     def _time_rust(self, x: _F32Array, out: _F32Array, calls: int) -> float: ...
     @property
     def variant(self) -> str:
@@ -176,6 +213,9 @@ class MobileOne:
     @property
     def isa(self) -> str:
         """The kernels' instruction set: "avx512", "avx2" or "portable"."""
+    @property
+    def precision(self) -> str:
+        """The precision asked for: "f32" or "bf16"."""
     @property
     def threads(self) -> int:
         """0: the global pool; n: a private pool of n threads (settable)."""

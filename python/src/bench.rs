@@ -36,6 +36,7 @@ pub(crate) struct Report {
     form: &'static str,
     cpu: String,
     isa: &'static str,
+    precision: &'static str,
     shape: [usize; 4],
     threads: usize,
     runs: usize,
@@ -133,6 +134,7 @@ pub(crate) fn run(net: &MobileOne, input: Input, options: &Options) -> PyResult<
         form: form.name(),
         cpu: machine::cpu_description(),
         isa: isa.name(),
+        precision: net.precision().name(),
         shape,
         threads: pool.current_num_threads(),
         runs: options.runs,
@@ -158,6 +160,7 @@ impl Report {
         d.set_item("form", self.form)?;
         d.set_item("cpu", self.cpu)?;
         d.set_item("isa", self.isa)?;
+        d.set_item("precision", self.precision)?;
         d.set_item("shape", (n, c, h, w))?;
         d.set_item("batch", n)?;
         d.set_item("size", if h == w { Some(h) } else { None })?;

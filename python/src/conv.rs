@@ -6,7 +6,7 @@ use std::time::Instant;
 use numpy::PyUntypedArrayMethods;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use repconv_rs::{Activation, Conv2dParams, Isa, TensorView, TensorViewMut};
+use repconv_rs::{Activation, Conv2dParams, Isa, Precision, TensorView, TensorViewMut};
 
 use crate::array::{self, fmt_shape};
 use crate::errors::{self, Kind, raise};
@@ -61,10 +61,25 @@ pub(crate) fn isa(name: Option<&str>) -> PyResult<Option<Isa>> {
     name.map(|n| Isa::from_name(n).map_err(errors::isa)).transpose()
 }
 
+/// `None`/"f32" (the default) or "bf16"; anything else is a
+/// `PrecisionError` naming the values.
+pub(crate) fn precision(name: Option<&str>) -> PyResult<Precision> {
+    match name {
+        None | Some("f32") => Ok(Precision::F32),
+        Some("bf16") => Ok(Precision::Bf16),
+        Some(other) => Err(raise(
+            Kind::Precision,
+            format!("precision: expected None, \"f32\" or \"bf16\", got {other:?}"),
+        )),
+    }
+}
+
 /// A 2-D convolution over NCHW float32 arrays, with PyTorch's arguments:
 /// OIHW `weight` (out_channels, in_channels / groups, kh, kw), optional
 /// `bias`, and `stride`, `padding` (zeros, both sides), `dilation` as an int
-/// or a (height, width) pair.
+/// or a (height, width) pair. `precision="bf16"` runs a 1x1 convolution on
+/// the bf16 kernel (weights and inputs rounded to bfloat16, f32 sums);
+/// other geometries stay f32.
 #[pyclass(frozen, module = "repconv")]
 pub(crate) struct Conv2d {
     conv: repconv_rs::Conv2d,
@@ -114,8 +129,8 @@ impl Conv2d {
     /// weights.
     #[new]
     #[pyo3(
-        signature = (weight, bias=None, stride=IntOrPair([1, 1]), padding=IntOrPair([0, 0]), dilation=IntOrPair([1, 1]), groups=1, *, activation=None, isa=None, threads=0),
-        text_signature = "(weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None, isa=None, threads=0)"
+        signature = (weight, bias=None, stride=IntOrPair([1, 1]), padding=IntOrPair([0, 0]), dilation=IntOrPair([1, 1]), groups=1, *, activation=None, isa=None, threads=0, precision=None),
+        text_signature = "(weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None, isa=None, threads=0, precision=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -128,6 +143,7 @@ impl Conv2d {
         activation: Option<&str>,
         isa: Option<&str>,
         threads: i64,
+        precision: Option<&str>,
     ) -> PyResult<Conv2d> {
         let (w_shape, w) = array::to_f32_vec(weight, "weight")?;
         let &[out_channels, in_per_group, kh, kw] = &w_shape[..] else {
@@ -167,6 +183,7 @@ impl Conv2d {
             }
         };
         let isa = self::isa(isa)?;
+        let precision = self::precision(precision)?;
         let activation = self::activation(activation)?;
         let threads = Threads::new(count(threads, "threads")?)?;
         let mut conv = repconv_rs::Conv2d::new(params, &w, bias.as_deref(), activation)
@@ -174,7 +191,18 @@ impl Conv2d {
         if let Some(isa) = isa {
             conv = conv.with_isa(isa).map_err(errors::lib)?;
         }
+        let conv = conv.with_precision(precision).map_err(errors::lib)?;
         Ok(Conv2d { conv, threads })
+    }
+
+    /// A new convolution computing in `precision` (None/"f32" or "bf16"),
+    /// with the same weights, ISA and thread setting; this one is
+    /// unchanged.
+    #[pyo3(signature = (precision))]
+    fn with_precision(&self, precision: Option<&str>) -> PyResult<Conv2d> {
+        let precision = self::precision(precision)?;
+        let conv = self.conv.clone().with_precision(precision).map_err(errors::lib)?;
+        Ok(Conv2d { conv, threads: Threads::new(self.threads.setting())? })
     }
 
     /// Runs the convolution on `x`, a C-contiguous float32 NCHW array, into
@@ -208,7 +236,9 @@ impl Conv2d {
         Ok(self.run(x, Some(out), calls)?.1)
     }
 
-    /// The kernel that runs, e.g. "conv1x1_8x48__avx512".
+    /// The kernel that runs, e.g. "conv1x1_8x48__avx512", or
+    /// "conv1x1_bf16_8x48__avx512bf16" for a 1x1 convolution in bf16
+    /// ("..__emulated" on the software model).
     #[getter]
     fn kernel_name(&self) -> &'static str {
         self.conv.kernel_name()
@@ -285,6 +315,14 @@ impl Conv2d {
         self.conv.params().groups
     }
 
+    /// The precision asked for: "f32" or "bf16" (`kernel_name` says whether
+    /// the kernel computes in bf16: only 1x1 convolutions have a bf16
+    /// kernel).
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.conv.precision().name()
+    }
+
     /// The fused activation: None or "relu".
     #[getter]
     fn activation(&self) -> Option<&'static str> {
@@ -298,7 +336,7 @@ impl Conv2d {
         let p = self.conv.params();
         format!(
             "repconv.Conv2d({}, {}, kernel_size={:?}, stride={:?}, padding={:?}, dilation={:?}, \
-             groups={}, activation={}, isa='{}', kernel='{}')",
+             groups={}, activation={}, isa='{}', precision='{}', kernel='{}')",
             p.in_channels,
             p.out_channels,
             self.kernel_size(),
@@ -308,6 +346,7 @@ impl Conv2d {
             p.groups,
             self.activation().map_or("None".to_string(), |a| format!("'{a}'")),
             self.isa(),
+            self.precision(),
             self.kernel_name()
         )
     }

@@ -23,6 +23,9 @@ pub(crate) enum Kind {
     Param,
     /// An instruction set is unknown or unsupported.
     Isa,
+    /// A precision is unknown, or cannot run on this CPU (bf16 without
+    /// AVX512_BF16).
+    Precision,
     /// A checkpoint's contents cannot be loaded.
     Format,
     /// A file cannot be read or written.
@@ -30,7 +33,7 @@ pub(crate) enum Kind {
 }
 
 /// Name, built-in base and docstring of each subclass.
-const CLASSES: [(Kind, &str, &str); 7] = [
+const CLASSES: [(Kind, &str, &str); 8] = [
     (Kind::Shape, "ShapeError", "An array has the wrong rank or shape (also a ValueError)."),
     (Kind::DType, "DTypeError", "An array is not float32 (also a TypeError)."),
     (
@@ -46,6 +49,13 @@ const CLASSES: [(Kind, &str, &str); 7] = [
         "An instruction set is unknown or this CPU lacks it (also a ValueError).",
     ),
     (
+        Kind::Precision,
+        "PrecisionError",
+        "A precision is unknown, or this CPU cannot run it: bf16 needs AVX512_BF16 and the \
+         avx512 kernels, or REPCONV_BF16=emulated for the slow software model (also a \
+         ValueError).",
+    ),
+    (
         Kind::Format,
         "FormatError",
         "A checkpoint is not one this library can load; the message names the tensor \
@@ -56,7 +66,8 @@ const CLASSES: [(Kind, &str, &str); 7] = [
 
 /// The classes, created once by [`register`].
 static BASE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-static SUBCLASSES: [PyOnceLock<Py<PyType>>; 7] = [const { PyOnceLock::new() }; 7];
+static SUBCLASSES: [PyOnceLock<Py<PyType>>; CLASSES.len()] =
+    [const { PyOnceLock::new() }; CLASSES.len()];
 
 impl Kind {
     fn index(self) -> usize {
@@ -123,6 +134,7 @@ fn kind_of(e: &Error) -> Option<Kind> {
         | Error::NotSafetensors { .. } => Kind::Format,
         Error::Io { .. } => Kind::Io,
         Error::Isa(_) => Kind::Isa,
+        Error::Precision { .. } => Kind::Precision,
         _ => return None,
     })
 }

@@ -17,7 +17,7 @@ use repconv_rs::{TensorView, TensorViewMut};
 
 use crate::array;
 use crate::bench;
-use crate::conv::{count, isa};
+use crate::conv::{count, isa, precision};
 use crate::errors::{self, Kind, raise};
 use crate::threads::Threads;
 
@@ -69,11 +69,19 @@ impl MobileOne {
         net: repconv_rs::mobileone::MobileOne,
         isa: Option<&str>,
         threads: usize,
+        precision: Option<&str>,
     ) -> PyResult<MobileOne> {
+        let precision = self::precision(precision)?;
         let net = match self::isa(isa)? {
             Some(isa) => net.with_isa(isa).map_err(errors::lib)?,
             None => net,
         };
+        let net = net.with_precision(precision).map_err(errors::lib)?;
+        MobileOne::wrap(net, threads)
+    }
+
+    /// `net` with no workspace yet and a thread setting of `threads`.
+    fn wrap(net: repconv_rs::mobileone::MobileOne, threads: usize) -> PyResult<MobileOne> {
         Ok(MobileOne { net, workspaces: Mutex::new(Vec::new()), threads: Threads::new(threads)? })
     }
 
@@ -125,15 +133,24 @@ impl MobileOne {
     /// Loads a timm MobileOne checkpoint (safetensors; train-time,
     /// reparameterized or mixed; F32, F16 or BF16). The variant is inferred
     /// from the tensor shapes, the number of classes from the head.
+    /// `precision="bf16"` runs the 1x1 convolutions in bf16.
     #[staticmethod]
-    #[pyo3(signature = (path, *, isa=None, threads=0))]
-    fn load(py: Python<'_>, path: PathBuf, isa: Option<&str>, threads: i64) -> PyResult<MobileOne> {
+    #[pyo3(signature = (path, *, isa=None, threads=0, precision=None))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        isa: Option<&str>,
+        threads: i64,
+        precision: Option<&str>,
+    ) -> PyResult<MobileOne> {
         let threads = count(threads, "threads")?;
+        // Checked before the file is read.
+        self::precision(precision)?;
         let net = py.detach(|| -> PyResult<_> {
             let bytes = read_checkpoint(&path)?;
             weights::load_bytes(&bytes, &LoadOptions::default()).map_err(errors::load)
         })?;
-        MobileOne::new(net, isa, threads)
+        MobileOne::new(net, isa, threads, precision)
     }
 
     /// Builds the network from a state dict in timm's names: a mapping from
@@ -142,14 +159,16 @@ impl MobileOne {
     /// form. Values are converted to float32; BatchNorm
     /// `num_batches_tracked` counters are ignored.
     #[staticmethod]
-    #[pyo3(signature = (state_dict, *, isa=None, threads=0))]
+    #[pyo3(signature = (state_dict, *, isa=None, threads=0, precision=None))]
     fn from_state_dict(
         py: Python<'_>,
         state_dict: &Bound<'_, PyAny>,
         isa: Option<&str>,
         threads: i64,
+        precision: Option<&str>,
     ) -> PyResult<MobileOne> {
         let threads = count(threads, "threads")?;
+        self::precision(precision)?;
         let items = state_dict.call_method0("items").map_err(|_| {
             PyTypeError::new_err(format!(
                 "state_dict: expected a mapping of str to arrays, got {}",
@@ -173,19 +192,26 @@ impl MobileOne {
             let bytes = weights::tensors_to_bytes(&tensors)?;
             weights::load_bytes(&bytes, &LoadOptions::default())
         });
-        MobileOne::new(net.map_err(errors::load)?, isa, threads)
+        MobileOne::new(net.map_err(errors::load)?, isa, threads, precision)
     }
 
     /// A new network in the fused form: every multi-branch block folded
-    /// into one convolution with bias (a fused network is copied). Same ISA
-    /// and thread setting; this one is unchanged.
+    /// into one convolution with bias (a fused network is copied). Same ISA,
+    /// precision and thread setting; this one is unchanged.
     fn reparameterize(&self, py: Python<'_>) -> PyResult<MobileOne> {
         let fused = py.detach(|| self.net.reparameterize()).map_err(errors::lib)?;
-        Ok(MobileOne {
-            net: fused,
-            workspaces: Mutex::new(Vec::new()),
-            threads: Threads::new(self.threads.setting())?,
-        })
+        MobileOne::wrap(fused, self.threads.setting())
+    }
+
+    /// A new network computing in `precision` (None/"f32" or "bf16"): with
+    /// "bf16" its 1x1 convolutions round weights and inputs to bfloat16 and
+    /// sum in f32. Same weights, form, ISA and thread setting; this one is
+    /// unchanged.
+    #[pyo3(signature = (precision))]
+    fn with_precision(&self, py: Python<'_>, precision: Option<&str>) -> PyResult<MobileOne> {
+        let precision = self::precision(precision)?;
+        let net = py.detach(|| self.net.clone().with_precision(precision)).map_err(errors::lib)?;
+        MobileOne::wrap(net, self.threads.setting())
     }
 
     /// Writes the network to `path` in its current form (safetensors, timm
@@ -305,6 +331,13 @@ impl MobileOne {
         self.net.isa().name()
     }
 
+    /// The precision asked for: "f32" or "bf16" (in bf16, the 1x1
+    /// convolutions compute in bf16; every other layer stays f32).
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.net.precision().name()
+    }
+
     /// Worker threads: 0 (the default) runs on the global pool shared by
     /// every object left at 0; n >= 1 gives this network a private pool of
     /// n threads. Logits are bitwise the same for any setting.
@@ -326,11 +359,13 @@ impl MobileOne {
 
     fn __repr__(&self) -> String {
         format!(
-            "repconv.MobileOne(variant='{}', form='{}', num_classes={}, isa='{}', threads={})",
+            "repconv.MobileOne(variant='{}', form='{}', num_classes={}, isa='{}', precision='{}', \
+             threads={})",
             self.variant(),
             self.form(),
             self.num_classes(),
             self.isa(),
+            self.precision(),
             self.threads()
         )
     }

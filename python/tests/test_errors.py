@@ -35,6 +35,7 @@ def test_hierarchy():
         ("LayoutError", ValueError),
         ("ParamError", ValueError),
         ("IsaError", ValueError),
+        ("PrecisionError", ValueError),
         ("FormatError", ValueError),
         ("IoError", OSError),
     ]:

@@ -157,6 +157,7 @@ def test_benchmark_reports_the_main_jobs_table(s0_train_path):
     r = model.benchmark(size=64, batch=2, runs=3, threads=1, peak=False)
     assert r["variant"] == "s0" and r["form"] == "multi-branch"
     assert r["isa"] == model.isa and r["threads"] == 1 and r["runs"] == 3
+    assert r["precision"] == model.precision == "f32"
     assert r["shape"] == (2, 3, 64, 64) and r["batch"] == 2 and r["size"] == 64
     assert r["multi_ms"] > 0 and r["fused_ms"] > 0
     assert r["speedup"] == pytest.approx(r["multi_ms"] / r["fused_ms"])
