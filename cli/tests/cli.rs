@@ -369,8 +369,8 @@ fn cli_reparam_refuses_to_write_when_one_form_has_nan() {
 // --- bf16 (`--precision bf16` and the main job's bf16 row) ------------------
 
 /// bf16 logits against f32 logits, relative to the largest f32 |logit|.
-/// bf16 keeps 8 significant bits (a relative rounding of at most 2^-9, about
-/// 2e-3, per weight and input), and the errors of S0's 1x1 layers add up
+/// bf16 keeps 8 significant bits (a relative rounding of at most 2^-8, about
+/// 4e-3, per weight and input), and the errors of S0's 1x1 layers add up
 /// through the network: measured 2.8e-2 for the fused S0 fixture and 5.1e-2
 /// for its multi-branch form (whose branches round separately before their
 /// BatchNorms and sum), 2.0e-2 for the main job's random S0 at 32-64 pixels
