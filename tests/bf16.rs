@@ -17,6 +17,7 @@ use repconv::mobileone::{Block, MobileOne, MobileOneConfig, Variant};
 use repconv::{Activation, Conv2d, Conv2dParams, Isa, IsaKind, Precision, Tensor};
 use repconv_kernels::bf16::{Bf16Isa, round_to_bf16};
 use repconv_kernels::reference::{RefConv, conv2d_nchw_ref};
+use repconv_kernels::{Op, kernels};
 
 /// The ISA to run bf16 with: the avx512 kernels on a CPU with AVX512_BF16;
 /// elsewhere the bf16 kernels' software model (`REPCONV_BF16=emulated`, set
@@ -106,6 +107,56 @@ fn conv2d_bf16_matches_the_reference_on_rounded_operands_for_any_thread_count() 
             }
             assert!(outs.windows(2).all(|w| w[0] == w[1]), "thread counts differ");
         }
+    }
+}
+
+/// Every bf16 entry of the registry, run through `Conv2d` on a geometry it
+/// accepts (straddling its tiles), against the reference on rounded
+/// operands, bitwise the same on 1, 2 and 3 threads; the dense 3x3 at both
+/// strides, with the zero padding taking part in the products.
+#[test]
+fn every_bf16_registry_entry_runs_and_matches() {
+    let isa = bf16_isa("bf16_registry");
+    let native = isa.kind() == IsaKind::Avx512 && Bf16Isa::native().is_ok();
+    let entries: Vec<_> = kernels().iter().filter(|k| k.precision == Precision::Bf16).collect();
+    assert!(entries.len() >= 3, "1x1 and both 3x3 strides");
+    for (i, k) in entries.iter().enumerate() {
+        let (p, shape) = match k.op {
+            Op::Conv1x1 => (Conv2dParams::new(19, 17, [1, 1]), [2, 19, 7, 9]),
+            Op::Conv3x3S1 => (Conv2dParams::new(5, 10, [3, 3]).with_padding([1, 1]), [1, 5, 9, 13]),
+            Op::Conv3x3S2 => (
+                Conv2dParams::new(3, 9, [3, 3]).with_padding([1, 1]).with_stride([2, 2]),
+                [2, 3, 15, 22],
+            ),
+            op => panic!("{}: no bf16 case for {op:?}", k.name),
+        };
+        let wts = values(31 + i as u64, p.weight_len().unwrap());
+        let bias = values(32 + i as u64, p.out_channels);
+        let x = values(33 + i as u64, shape.iter().product());
+        let conv = Conv2d::new(p, &wts, Some(&bias), Activation::Relu)
+            .unwrap()
+            .with_isa(isa)
+            .unwrap()
+            .with_parallel_threshold(0)
+            .with_precision(Precision::Bf16)
+            .unwrap();
+        if native {
+            assert_eq!(conv.kernel_name(), k.name);
+        } else {
+            assert!(conv.kernel_name().ends_with("__emulated"), "{}", conv.kernel_name());
+            assert_eq!(conv.kernel_name().split("__").next(), k.name.split("__").next());
+        }
+        let input = Tensor::from_vec(shape, x.clone()).unwrap();
+        let (want, mag) =
+            conv2d_nchw_ref(&reference(&p, shape, true), &rounded(&x), &rounded(&wts), Some(&bias));
+        let mut outs = Vec::new();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let y = pool.install(|| conv.forward(&input)).unwrap();
+            check_close(y.as_slice(), &want, &mag).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+            outs.push(y.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+        assert!(outs.windows(2).all(|w| w[0] == w[1]), "{}: thread counts differ", k.name);
     }
 }
 

@@ -200,6 +200,22 @@ const LINES: &[Line] = &[
         on: every_isa,
     },
     Line {
+        op: Op::Conv3x3S1,
+        precision: Precision::Bf16,
+        prefix: "conv3x3_bf16_s1",
+        tile: |_| (bf16::MR, bf16::NR),
+        accepts: |s| s.square(3, 1, 1) && s.groups == 1 && s.in_channels <= 1 << 12,
+        on: |isa| isa == IsaKind::Avx512,
+    },
+    Line {
+        op: Op::Conv3x3S2,
+        precision: Precision::Bf16,
+        prefix: "conv3x3_bf16_s2",
+        tile: |_| (bf16::MR, bf16::NR),
+        accepts: |s| s.square(3, 2, 1) && s.groups == 1 && s.in_channels <= 1 << 12,
+        on: |isa| isa == IsaKind::Avx512,
+    },
+    Line {
         op: Op::Dw3x3S1,
         precision: Precision::F32,
         prefix: "dw3x3_s1p1",
@@ -375,11 +391,13 @@ mod tests {
         assert_eq!(op(shape(3, 1, 1, 2, 8)), Some(Op::General));
         assert_eq!(op(ConvShape { dilation: [2, 2], ..shape(3, 1, 1, 1, 8) }), Some(Op::General));
         assert_eq!(op(ConvShape { stride: [1, 2], ..shape(3, 1, 1, 1, 8) }), Some(Op::General));
-        // bf16 kernels exist only for the 1x1 GEMM, and only with AVX-512.
+        // bf16 kernels exist for the 1x1 GEMM and the dense 3x3, with AVX-512.
         if let Ok(avx512) = Isa::new(IsaKind::Avx512) {
             let k = select(&shape(1, 1, 0, 1, 8), avx512, Precision::Bf16).unwrap();
             assert_eq!((k.op, k.name), (Op::Conv1x1, "conv1x1_bf16_8x48__avx512bf16"));
             assert!(select(&shape(3, 1, 1, 8, 8), avx512, Precision::Bf16).is_none());
+            let k = select(&shape(3, 2, 1, 1, 8), avx512, Precision::Bf16).unwrap();
+            assert_eq!((k.op, k.name), (Op::Conv3x3S2, "conv3x3_bf16_s2_8x48__avx512bf16"));
         }
         assert!(select(&shape(1, 1, 0, 1, 8), isa, Precision::Bf16).is_none());
     }

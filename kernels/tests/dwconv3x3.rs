@@ -6,6 +6,11 @@
 //! Run with `cargo test --release -p repconv-kernels --test dwconv3x3` (the
 //! crate's dev-dependency on itself turns the `testing` feature on).
 
+mod common {
+    #[allow(dead_code)]
+    pub mod isas;
+}
+
 use proptest::prelude::*;
 use repconv_kernels::dwconv3x3::{
     Dw3x3Args, PACKED_PER_CHANNEL, dw3x3_s1p1, dw3x3_s2p1, pack_weights, scratch_len,
@@ -88,7 +93,7 @@ fn check(case: Case) {
 
     let mut packed = vec![f32::NAN; channels * PACKED_PER_CHANNEL];
     pack_weights(&weights, Some(&bias), channels, &mut packed);
-    for isa in Isa::available() {
+    for isa in isas("dwconv3x3") {
         check_isa(isa, &case, &input, &packed, &want, &mag, [oh, ow]);
     }
 }
@@ -279,7 +284,7 @@ fn pack_layout_and_missing_bias() {
 #[test]
 fn names_follow_conventions() {
     use repconv_kernels::{Op, kernel_info};
-    for isa in Isa::available() {
+    for isa in isas("dwconv3x3") {
         for (op, geom) in [(Op::Dw3x3S1, "dw3x3_s1p1_"), (Op::Dw3x3S2, "dw3x3_s2p1_")] {
             let name = kernel_info(op, isa).name;
             assert!(name.starts_with(geom), "{name}");
@@ -343,4 +348,20 @@ proptest! {
     ) {
         check(Case { channels, h, w, stride, relu, seed, nan_at: Some(at) });
     }
+}
+
+/// Every ISA this CPU has, printed once per suite (the requirement is checked
+/// by [`required_isas_ran`], outside the proptests, which would shrink it).
+fn isas(suite: &str) -> Vec<Isa> {
+    let all: Vec<Isa> = Isa::available().collect();
+    common::isas::print(suite, &all.iter().map(|i| i.name()).collect::<Vec<_>>());
+    all
+}
+
+/// The loops above run every ISA of [`Isa::available`]: it must include
+/// those REPCONV_REQUIRE_ISA names (`.ci/run` sets avx512 on a CPU with it).
+#[test]
+fn required_isas_ran() {
+    let all: Vec<&str> = Isa::available().map(|i| i.name()).collect();
+    common::isas::require("dwconv3x3", &all);
 }

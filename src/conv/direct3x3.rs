@@ -15,11 +15,11 @@
 use std::ops::Range;
 
 use repconv_kernels::conv3x3::{self, Geometry, PlaneRowsMut};
-use repconv_kernels::{Activation as KernelAct, Isa, conv1x1};
+use repconv_kernels::{Activation as KernelAct, Isa, bf16, conv1x1};
 
 use super::Conv2d;
 use super::frame::{Call, Split, for_each_chunk, for_each_row_block, in_row_bands};
-use crate::scratch::{RETAIN_BYTES, with_im2col, with_offsets};
+use crate::scratch::{RETAIN_BYTES, with_im2col, with_offsets, with_panel};
 
 /// What every schedule of one call shares.
 struct Direct<'a> {
@@ -169,4 +169,43 @@ fn shared_copy(call: &Direct<'_>, x: &[f32], y: &mut [f32], parallel: bool) {
             });
         });
     });
+}
+
+/// The bf16 direct 3x3 (`Precision::Bf16`): per image, tasks of whole 8-row
+/// blocks of output channels, each preparing the (small) input and its pair
+/// panels in its own scratch; the split never changes any element's
+/// arithmetic (bands of rows depend only on the geometry).
+pub(super) fn run_bf16(call: Call<'_>) {
+    let Call { conv, act, input, output, parallel } = call;
+    let [_, cin, h, w] = input.shape();
+    let [_, cout, oh, ow] = output.shape();
+    let stride = conv.params.stride[0];
+    // A plan with a bf16 kernel has its bf16 implementation.
+    let isa = conv.plan.bf16().expect("a bf16 plan");
+    let block_len = ((cin * 9).div_ceil(2) + 1) * bf16::MR;
+    // Checked by the registry's predicate (cin <= 4096) and the validated
+    // geometry.
+    let (prepared_len, panel_len) =
+        bf16::conv3x3_scratch_len(cin, h, w, stride).expect("scratch fits");
+    let x = input.as_slice();
+    let y = output.into_slice();
+    for (xb, yb) in x.chunks_exact(cin * h * w).zip(y.chunks_exact_mut(cout * oh * ow)) {
+        for_each_row_block(bf16::MR, yb, cout, oh * ow, parallel, |first_block, yc| {
+            with_im2col(prepared_len, |prepared| {
+                with_panel(panel_len, |panel| {
+                    let args = bf16::Conv3x3Bf16Args {
+                        cin,
+                        h,
+                        w,
+                        cout: yc.len() / (oh * ow),
+                        stride,
+                        packed: &conv.packed_bf16[first_block * block_len..],
+                        input: xb,
+                        output: yc,
+                    };
+                    bf16::conv3x3_bf16(isa, act, args, prepared, bytemuck::cast_slice_mut(panel));
+                })
+            })
+        });
+    }
 }

@@ -29,9 +29,10 @@ pub(super) fn pack(
 ) -> Result<Packed> {
     let f32 = |f32| Ok(Packed { f32, bf16: Vec::new() });
     match plan.family() {
-        // Only the 1x1 GEMM has a bf16 kernel (groups 1).
-        Family::Conv1x1 if plan.precision() == Precision::Bf16 => {
-            let (m, k) = (p.out_channels, p.in_channels);
+        // The 1x1 and direct 3x3 bf16 kernels (groups 1) share the GEMM's
+        // packing, with the reduction in OIHW order.
+        Family::Conv1x1 | Family::Conv3x3 if plan.precision() == Precision::Bf16 => {
+            let (m, k) = (p.out_channels, general::gemm_k(p));
             let len = bf16::packed_len(m, k)
                 .filter(|&n| n <= crate::MAX_ELEMENTS)
                 .ok_or(Error::TooLarge { what: "packed weights" })?;
@@ -68,6 +69,7 @@ pub(super) fn run(conv: &Conv2d, input: TensorView<'_>, output: TensorViewMut<'_
         Family::Conv1x1 if conv.plan.precision() == Precision::Bf16 => pointwise::run_bf16(call),
         Family::Conv1x1 if !general::uses_taps(conv) => pointwise::run(call),
         Family::Conv1x1 | Family::General => general::run(call),
+        Family::Conv3x3 if conv.plan.precision() == Precision::Bf16 => direct3x3::run_bf16(call),
         Family::Conv3x3 => direct3x3::run(call),
         Family::Dw3x3 => depthwise::run_3x3(call),
         Family::Dw1x1 => depthwise::run_1x1(call),

@@ -113,8 +113,14 @@ impl Plan {
     /// The kernel's name, as in the kernels registry (e.g. `conv1x1_8x48__avx512`;
     /// `conv1x1_bf16_8x48__emulated` for the bf16 software model).
     pub fn kernel_name(&self) -> &'static str {
-        match self.bf16 {
-            Some(b) if b.kind() == Bf16Kind::Emulated => bf16::conv1x1::kernel_name(b),
+        match (self.bf16, self.info.op) {
+            (Some(b), Op::Conv3x3S1) if b.kind() == Bf16Kind::Emulated => {
+                bf16::conv3x3_kernel_name(b, 1)
+            }
+            (Some(b), Op::Conv3x3S2) if b.kind() == Bf16Kind::Emulated => {
+                bf16::conv3x3_kernel_name(b, 2)
+            }
+            (Some(b), _) if b.kind() == Bf16Kind::Emulated => bf16::conv1x1::kernel_name(b),
             _ => self.info.name,
         }
     }

@@ -142,7 +142,7 @@ impl Geometry {
     }
 
     /// Length of the prepared input of output rows `rows`
-    /// ([`prepare_input_rows`]), slack included.
+    /// ([`prepare_input_rows`](super::prepare_input_rows)), slack included.
     pub fn rows_prepared_len(&self, rows: &Range<usize>) -> usize {
         let (_, wq) = self.phase_hw();
         // Saturating: `rows` comes from the caller and may be any range.
@@ -175,7 +175,7 @@ pub fn tap_offsets(g: &Geometry, dst: &mut [usize]) {
 }
 
 /// [`tap_offsets`] for the prepared input of output rows `rows`
-/// ([`prepare_input_rows`]).
+/// ([`prepare_input_rows`](super::prepare_input_rows)).
 ///
 /// # Panics
 /// If `dst.len() != g.k()`.

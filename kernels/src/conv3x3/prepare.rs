@@ -24,7 +24,7 @@ pub fn prepare_input(isa: Isa, g: &Geometry, x: &[f32], dst: &mut [f32]) {
 /// Writes the prepared input of output rows `rows` into `dst`
 /// ([`Geometry::rows_prepared_len`] floats): the same phase planes as
 /// [`prepare_input`], but only their rows `rows.start..rows.start +
-/// band_phase_rows(rows)`, so that [`conv3x3_rows`] computes those output
+/// band_phase_rows(rows)`, so that [`conv3x3_rows`](super::conv3x3_rows) computes those output
 /// rows from it.
 ///
 /// # Panics
@@ -71,9 +71,9 @@ impl Job for PrepareS2<'_> {
 
 /// All `4 * cin` stride-2 phase planes, one input row at a time: a row's
 /// even columns go to the `px = 1` plane and its odd columns to the `px = 0`
-/// plane from one pair of loads per 2 vectors of output (plane by plane,
-/// [`prepare_plane`] read every input row twice and set up its permutes per
-/// row: 19-20 µs for the 3 x 224 x 224 stem input, 12% of the stem).
+/// plane from one pair of loads per 2 vectors of output, so every input row
+/// is read once and the permutes are set up once per call, unlike plane by
+/// plane with [`prepare_plane`] (numbers in docs/experiments.md).
 #[inline(always)]
 fn prepare_s2_body<V: Vector>(g: &Geometry, x: &[f32], rows: Range<usize>, planes: &mut [f32]) {
     let Geometry { cin, h, w, .. } = *g;
@@ -130,7 +130,7 @@ fn split_row<V: Vector>(src: &[f32], odd: &mut [f32], even: &mut [f32], idx: &[V
     }
     odd[0] = 0.0;
     // The rest in pairs, which LLVM turns into shuffles where it can (AVX2,
-    // SSE2: a `step_by(2)` loop made the stem 10% slower).
+    // SSE2), unlike a `step_by(2)` loop (docs/experiments.md).
     let pairs = src[2 * j..].chunks_exact(2);
     let last = pairs.remainder().first().copied();
     for ((e, o), pair) in even[j..].iter_mut().zip(odd[j + 1..].iter_mut()).zip(pairs) {
@@ -222,15 +222,15 @@ fn prepare_plane_body<V: Vector>(
 /// (`src` holds `2 * dst.len() - 1` floats or more).
 ///
 /// Where a lane permute is one instruction (AVX-512's `vpermt2ps`) each
-/// vector of `dst` is the even lanes of two loads; LLVM's vectorisation of
-/// the scalar loop made the stem's phase split 10% of the stem's time.
+/// vector of `dst` is the even lanes of two loads, which beats LLVM's
+/// vectorisation of the scalar loop (docs/experiments.md).
 #[inline(always)]
 fn split_columns<V: Vector>(src: &[f32], dst: &mut [f32]) {
     let lanes = V::LANES;
     let n = dst.len();
     if !V::ONE_INSTRUCTION_PICK2 || n < lanes || src.len() < 2 * lanes {
-        // Pairs, so LLVM turns it into shuffles (AVX2: `step_by(2)` instead
-        // made the stem 10% slower).
+        // Pairs, so LLVM turns it into shuffles, unlike `step_by(2)` (AVX2;
+        // docs/experiments.md).
         for (q, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
             *q = pair[0];
         }

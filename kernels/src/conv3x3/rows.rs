@@ -29,12 +29,8 @@ pub(super) struct RowTiles<'a> {
 /// Rows go in bands whose prepared input stays in L2, and inside a band one
 /// block of MR channels after the other, so that MR output planes are
 /// written at a time, not all of them: the hardware prefetcher follows that
-/// many store streams. With every block at every tile, the 3 -> 48 channel
-/// stem's 2.4 MB output, which has left the caches by the time the next
-/// image comes, took 245-285 µs inside a forward pass against 160 hot; now
-/// 198-200 (153 hot), and the depthwise layer reading it 65-76 µs instead of
-/// 74-107 (Zen 5, AVX-512, one thread; the stem alone 4% faster, on two
-/// threads 5-10%).
+/// many store streams, which matters for a stem output larger than the
+/// caches (numbers in docs/experiments.md).
 #[inline(always)]
 pub(super) fn row_tiles<V: Vector, const MR: usize, const NRV: usize, A: Act>(
     t: &RowTiles<'_>,
@@ -99,7 +95,7 @@ pub(super) fn row_tiles<V: Vector, const MR: usize, const NRV: usize, A: Act>(
 
 /// Rows `rows()` of `planes` output planes of `oh x ow` floats, borrowed out
 /// of one buffer that holds all of them, so that threads can each compute a
-/// band of output rows of the same planes ([`conv3x3_rows`]). Made with
+/// band of output rows of the same planes ([`conv3x3_rows`](super::conv3x3_rows)). Made with
 /// [`PlaneRowsMut::new`] and cut with [`PlaneRowsMut::split_at`]; every
 /// write through it lands in its own rows.
 #[derive(Debug)]
@@ -202,8 +198,7 @@ pub(super) fn row_tile_cols(left: usize, lanes: usize, nrv: usize) -> usize {
 
 /// Whether row-aligned tiles beat flat tiles: a row must hold a whole
 /// `nr`-wide tile (narrower row tiles load a vector and `MR` weights for
-/// `MR` FMAs per vector: 256 channels on 14x14 ran at 61% of the peak with
-/// one 16-wide tile per row, 84-85% with flat tiles: Zen 5, AVX-512), and
+/// `MR` FMAs per vector, which bounds them by loads: docs/experiments.md), and
 /// row tiles must waste no more lanes (`ceil(ow / LANES) * LANES - ow` per
 /// row) than flat tiles (the `wq - ow` dropped columns plus the rounding of
 /// `n`).
