@@ -130,6 +130,13 @@
 #define REPCONV_ERR_PANIC -10
 
 /**
+ * The precision cannot run on this handle: "bf16" needs the "avx512" ISA on
+ * a CPU with AVX512_BF16 (or the environment variable REPCONV_BF16=emulated,
+ * read once per process, for the bf16 kernels' slow software model).
+ */
+#define REPCONV_ERR_PRECISION -11
+
+/**
  * No activation: `out = conv(x) + bias`.
  */
 #define REPCONV_ACTIVATION_NONE 0
@@ -157,13 +164,13 @@
 
 /**
  * A convolution: geometry, packed weights, optional bias, fused activation,
- * the kernel chosen for its ISA, and its threads. Opaque.
+ * the kernel chosen for its ISA and precision, and its threads. Opaque.
  */
 typedef struct repconv_conv repconv_conv;
 
 /**
- * A MobileOne network (either form), a pool of workspaces for its forward
- * passes, and its threads. Opaque.
+ * A MobileOne network (either form, either precision), a pool of
+ * workspaces for its forward passes, and its threads. Opaque.
  */
 typedef struct repconv_net repconv_net;
 
@@ -331,8 +338,8 @@ int repconv_conv_forward(const struct repconv_conv *conv,
 
 /**
  * Sets `*name` to the kernel the convolution runs, e.g.
- * "conv1x1_8x48__avx512" (a string owned by the handle, valid until it is
- * destroyed).
+ * "conv1x1_8x48__avx512", or "conv1x1_bf16_8x48__avx512bf16" in bf16 (a
+ * string owned by the handle, valid until it is destroyed).
  *
  * # Safety
  * `conv` must be NULL or a live handle; `name` NULL or writable.
@@ -349,6 +356,44 @@ int repconv_conv_kernel_name(const struct repconv_conv *conv,
  */
 int repconv_conv_isa(const struct repconv_conv *conv,
                      const char **name);
+
+/**
+ * Sets the precision of the convolution's forward passes: "f32" (the
+ * default) or "bf16", in which a geometry the library has a bf16 kernel
+ * for (the 1x1 convolutions) rounds its weights (once, here) and its inputs
+ * to bfloat16 for the products and keeps sums, bias, activation and outputs
+ * in f32; other geometries keep their f32 kernel (`repconv_conv_kernel_name`
+ * says which kernel runs). "bf16" needs the "avx512" ISA on a CPU with
+ * AVX512_BF16, else it fails with REPCONV_ERR_PRECISION and the reason;
+ * with the environment variable REPCONV_BF16=emulated (read once per
+ * process) the bf16 kernels' software model runs instead, on any CPU and
+ * ISA (slow: for tests). A NULL `name` is REPCONV_ERR_NULL, any other name
+ * REPCONV_ERR_INVALID_ARGUMENT. Changing the precision re-packs the
+ * weights into a new copy of the convolution (setting the current one does
+ * nothing). In either precision, results are bitwise identical for any
+ * thread count (for one ISA).
+ *
+ * May be called while other threads run forward passes, queries or
+ * `repconv_conv_set_threads` on the handle: a pass already running
+ * finishes in the precision it started with; passes that start afterwards
+ * use the new one. On failure the precision is unchanged.
+ *
+ * # Safety
+ * `conv` must be NULL or a live handle; `name` NULL or a NUL-terminated
+ * string.
+ */
+int repconv_conv_set_precision(struct repconv_conv *conv,
+                               const char *name);
+
+/**
+ * Sets `*name` to the convolution's precision: "f32" or "bf16" (a static
+ * string).
+ *
+ * # Safety
+ * `conv` must be NULL or a live handle; `name` NULL or writable.
+ */
+int repconv_conv_precision(const struct repconv_conv *conv,
+                           const char **name);
 
 /**
  * Sets the worker threads of the handle's forward passes: 0 (the default)
@@ -433,8 +478,8 @@ int repconv_net_load_bytes(const uint8_t *bytes,
  * Creates a new handle holding the reparameterized (fused) form of `net`:
  * every multi-branch block folded into one convolution with bias (an
  * already fused network is copied). The new handle has the same ISA and
- * thread setting (its own pool); `net` is unchanged and both must be
- * destroyed. On failure `*out` is NULL.
+ * precision and thread setting (its own pool); `net` is unchanged and both
+ * must be destroyed. On failure `*out` is NULL.
  *
  * # Safety
  * `net` must be NULL or a live handle; `out` NULL or writable.
@@ -515,6 +560,41 @@ int repconv_net_form(const struct repconv_net *net,
  */
 int repconv_net_isa(const struct repconv_net *net,
                     const char **name);
+
+/**
+ * Sets the precision of the network's forward passes, as
+ * `repconv_conv_set_precision`: "f32" (the default) or "bf16", in which
+ * every convolution the library has a bf16 kernel for (the 1x1 layers,
+ * about 90% of the FLOPs) rounds its weights and inputs to bfloat16 and
+ * sums in f32, while the other layers, squeeze-excitation, pooling and the
+ * classifier stay f32; the logits are f32 either way. "bf16" needs the
+ * "avx512" ISA on a CPU with AVX512_BF16 (or REPCONV_BF16=emulated), else
+ * it fails with REPCONV_ERR_PRECISION and the reason; a NULL `name` is
+ * REPCONV_ERR_NULL, any other name REPCONV_ERR_INVALID_ARGUMENT. Changing
+ * the precision re-packs the weights into a new copy of the network;
+ * `repconv_net_reparameterize` keeps it.
+ *
+ * May be called while other threads run forward passes, queries or
+ * `repconv_net_set_threads` on the handle: a pass already running finishes
+ * in the precision it started with; passes that start afterwards use the
+ * new one. On failure the precision is unchanged.
+ *
+ * # Safety
+ * `net` must be NULL or a live handle; `name` NULL or a NUL-terminated
+ * string.
+ */
+int repconv_net_set_precision(struct repconv_net *net,
+                              const char *name);
+
+/**
+ * Sets `*name` to the network's precision: "f32" or "bf16" (a static
+ * string).
+ *
+ * # Safety
+ * `net` must be NULL or a live handle; `name` NULL or writable.
+ */
+int repconv_net_precision(const struct repconv_net *net,
+                          const char **name);
 
 /**
  * Sets the worker threads of the network's forward passes, as

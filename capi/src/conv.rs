@@ -2,13 +2,15 @@
 //! buffers.
 
 use std::ffi::{CString, c_char, c_int};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use repconv_rs::tensor::checked_numel;
 use repconv_rs::{Activation, Conv2d, Conv2dParams, TensorView, TensorViewMut};
 
+use crate::current::Current;
 use crate::status::{Failure, guard, shape_error};
 use crate::threads::Threads;
-use crate::{isa_c_name, parse_isa, ptr};
+use crate::{isa_c_name, parse_isa, parse_precision, precision_c_name, ptr};
 
 /// No activation: `out = conv(x) + bias`.
 pub const REPCONV_ACTIVATION_NONE: c_int = 0;
@@ -52,18 +54,38 @@ impl From<ConvParams> for Conv2dParams {
 }
 
 /// A convolution: geometry, packed weights, optional bias, fused activation,
-/// the kernel chosen for its ISA, and its threads. Opaque.
+/// the kernel chosen for its ISA and precision, and its threads. Opaque.
 #[derive(Debug)]
 pub struct Conv {
-    conv: Conv2d,
-    kernel_name: CString,
+    /// Replaced as a whole by `repconv_conv_set_precision`; a forward pass
+    /// keeps the one it started with.
+    conv: Current<Conv2d>,
+    /// Every kernel name `repconv_conv_kernel_name` has returned: each stays
+    /// valid until the handle is destroyed, even after the precision (and so
+    /// the kernel) changes. At most one per precision.
+    kernel_names: Mutex<Vec<CString>>,
     threads: Threads,
 }
 
 impl Conv {
-    /// The Rust convolution inside the handle.
-    pub fn conv2d(&self) -> &Conv2d {
-        &self.conv
+    /// The Rust convolution the handle runs now (`repconv_conv_set_precision`
+    /// replaces it; this one stays as it is).
+    pub fn conv2d(&self) -> Arc<Conv2d> {
+        self.conv.get()
+    }
+
+    /// The handle's C string for a kernel name.
+    fn kernel_name(&self, name: &str) -> *const c_char {
+        let mut names = self.kernel_names.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = names.iter().find(|n| n.to_bytes() == name.as_bytes()) {
+            return known.as_ptr();
+        }
+        // A CString's bytes live on the heap: they stay where they are when
+        // the Vec grows.
+        let new = CString::new(name).unwrap_or_default();
+        let ptr = new.as_ptr();
+        names.push(new);
+        ptr
     }
 }
 
@@ -175,8 +197,11 @@ pub unsafe extern "C" fn repconv_conv_create(
             Some(isa) => Conv2d::new_on(params, weights, bias, activation, isa)?,
             None => Conv2d::new(params, weights, bias, activation)?,
         };
-        let kernel_name = CString::new(conv.kernel_name()).unwrap_or_default();
-        *out = Box::into_raw(Box::new(Conv { conv, kernel_name, threads: Threads::default() }));
+        *out = Box::into_raw(Box::new(Conv {
+            conv: Current::new(conv),
+            kernel_names: Mutex::new(Vec::new()),
+            threads: Threads::default(),
+        }));
         Ok(())
     })
 }
@@ -201,7 +226,7 @@ pub unsafe extern "C" fn repconv_conv_output_shape(
         // SAFETY: the caller guarantees `input_shape` is NULL or 4 size_t.
         let shape = unsafe { ptr::shape("input_shape", input_shape) }?;
         ptr::check("output_shape", output_shape)?;
-        let out_shape = h.conv.output_shape(shape).map_err(shape_error)?;
+        let out_shape = h.conv.get().output_shape(shape).map_err(shape_error)?;
         // SAFETY: the caller guarantees `output_shape` is NULL or 4 writable size_t.
         unsafe { ptr::array_mut("output_shape", output_shape, 4) }?.copy_from_slice(&out_shape);
         Ok(())
@@ -239,7 +264,10 @@ pub unsafe extern "C" fn repconv_conv_forward(
         // SAFETY: the caller guarantees `shape` is NULL or 4 size_t.
         let shape = unsafe { ptr::shape("shape", shape) }?;
         let input_len = checked_numel("input", shape).map_err(shape_error)?;
-        let out_shape = h.conv.output_shape(shape).map_err(shape_error)?;
+        // This pass's convolution, whatever `repconv_conv_set_precision` does
+        // meanwhile.
+        let conv = h.conv.get();
+        let out_shape = conv.output_shape(shape).map_err(shape_error)?;
         let expected = checked_numel("output", out_shape)?;
         if output_len != expected {
             return Err(Failure::length(format!(
@@ -254,13 +282,13 @@ pub unsafe extern "C" fn repconv_conv_forward(
         let output = unsafe { ptr::array_mut("output", output, output_len) }?;
         let (input, output) =
             (TensorView::new(shape, input)?, TensorViewMut::new(out_shape, output)?);
-        h.threads.run(|| h.conv.forward_into(input, output))?.map_err(shape_error)
+        h.threads.run(|| conv.forward_into(input, output))?.map_err(shape_error)
     })
 }
 
 /// Sets `*name` to the kernel the convolution runs, e.g.
-/// "conv1x1_8x48__avx512" (a string owned by the handle, valid until it is
-/// destroyed).
+/// "conv1x1_8x48__avx512", or "conv1x1_bf16_8x48__avx512bf16" in bf16 (a
+/// string owned by the handle, valid until it is destroyed).
 ///
 /// # Safety
 /// `conv` must be NULL or a live handle; `name` NULL or writable.
@@ -272,8 +300,9 @@ pub unsafe extern "C" fn repconv_conv_kernel_name(
     guard("repconv_conv_kernel_name", || {
         // SAFETY: the caller guarantees `conv` is NULL or a live handle.
         let h = unsafe { ptr::get("conv", conv) }?;
+        let kernel = h.kernel_name(h.conv.get().kernel_name());
         // SAFETY: the caller guarantees `name` is NULL or writable.
-        unsafe { ptr::write("name", name, h.kernel_name.as_ptr()) }
+        unsafe { ptr::write("name", name, kernel) }
     })
 }
 
@@ -288,7 +317,66 @@ pub unsafe extern "C" fn repconv_conv_isa(conv: *const Conv, name: *mut *const c
         // SAFETY: the caller guarantees `conv` is NULL or a live handle.
         let h = unsafe { ptr::get("conv", conv) }?;
         // SAFETY: the caller guarantees `name` is NULL or writable.
-        unsafe { ptr::write("name", name, isa_c_name(h.conv.isa()).as_ptr()) }
+        unsafe { ptr::write("name", name, isa_c_name(h.conv.get().isa()).as_ptr()) }
+    })
+}
+
+/// Sets the precision of the convolution's forward passes: "f32" (the
+/// default) or "bf16", in which a geometry the library has a bf16 kernel
+/// for (the 1x1 convolutions) rounds its weights (once, here) and its inputs
+/// to bfloat16 for the products and keeps sums, bias, activation and outputs
+/// in f32; other geometries keep their f32 kernel (`repconv_conv_kernel_name`
+/// says which kernel runs). "bf16" needs the "avx512" ISA on a CPU with
+/// AVX512_BF16, else it fails with REPCONV_ERR_PRECISION and the reason;
+/// with the environment variable REPCONV_BF16=emulated (read once per
+/// process) the bf16 kernels' software model runs instead, on any CPU and
+/// ISA (slow: for tests). A NULL `name` is REPCONV_ERR_NULL, any other name
+/// REPCONV_ERR_INVALID_ARGUMENT. Changing the precision re-packs the
+/// weights into a new copy of the convolution (setting the current one does
+/// nothing). In either precision, results are bitwise identical for any
+/// thread count (for one ISA).
+///
+/// May be called while other threads run forward passes, queries or
+/// `repconv_conv_set_threads` on the handle: a pass already running
+/// finishes in the precision it started with; passes that start afterwards
+/// use the new one. On failure the precision is unchanged.
+///
+/// # Safety
+/// `conv` must be NULL or a live handle; `name` NULL or a NUL-terminated
+/// string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repconv_conv_set_precision(conv: *mut Conv, name: *const c_char) -> c_int {
+    guard("repconv_conv_set_precision", || {
+        // SAFETY: the caller guarantees `conv` is NULL or a live handle; the
+        // convolution is swapped behind a lock, so a shared reference
+        // suffices.
+        let h = unsafe { ptr::get("conv", conv.cast_const()) }?;
+        // SAFETY: the caller guarantees `name` is NULL or NUL-terminated.
+        let precision = parse_precision(unsafe { ptr::c_str("name", name) }?)?;
+        let now = h.conv.get();
+        if now.precision() != precision {
+            h.conv.replace(Conv2d::clone(&now).with_precision(precision)?);
+        }
+        Ok(())
+    })
+}
+
+/// Sets `*name` to the convolution's precision: "f32" or "bf16" (a static
+/// string).
+///
+/// # Safety
+/// `conv` must be NULL or a live handle; `name` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repconv_conv_precision(
+    conv: *const Conv,
+    name: *mut *const c_char,
+) -> c_int {
+    guard("repconv_conv_precision", || {
+        // SAFETY: the caller guarantees `conv` is NULL or a live handle.
+        let h = unsafe { ptr::get("conv", conv) }?;
+        let precision = precision_c_name(h.conv.get().precision());
+        // SAFETY: the caller guarantees `name` is NULL or writable.
+        unsafe { ptr::write("name", name, precision.as_ptr()) }
     })
 }
 

@@ -13,30 +13,32 @@
 mod status;
 
 mod conv;
+mod current;
 mod net;
 mod ptr;
 mod threads;
 
 use std::ffi::{CStr, c_char, c_int};
 
-use repconv_rs::{Isa, IsaKind};
+use repconv_rs::{Isa, IsaKind, Precision};
 
 pub use conv::{
     Conv, ConvParams, REPCONV_ACTIVATION_NONE, REPCONV_ACTIVATION_RELU, repconv_conv_create,
     repconv_conv_destroy, repconv_conv_forward, repconv_conv_isa, repconv_conv_kernel_name,
-    repconv_conv_output_shape, repconv_conv_params_init, repconv_conv_set_threads,
-    repconv_conv_threads,
+    repconv_conv_output_shape, repconv_conv_params_init, repconv_conv_precision,
+    repconv_conv_set_precision, repconv_conv_set_threads, repconv_conv_threads,
 };
 pub use net::{
     Net, REPCONV_FORM_FUSED, REPCONV_FORM_MIXED, REPCONV_FORM_MULTI_BRANCH, repconv_net_destroy,
     repconv_net_form, repconv_net_forward, repconv_net_in_channels, repconv_net_isa,
-    repconv_net_load, repconv_net_load_bytes, repconv_net_num_classes, repconv_net_reparameterize,
-    repconv_net_set_threads, repconv_net_threads, repconv_net_variant,
+    repconv_net_load, repconv_net_load_bytes, repconv_net_num_classes, repconv_net_precision,
+    repconv_net_reparameterize, repconv_net_set_precision, repconv_net_set_threads,
+    repconv_net_threads, repconv_net_variant,
 };
 pub use status::{
     REPCONV_ERR_FORMAT, REPCONV_ERR_INVALID_ARGUMENT, REPCONV_ERR_IO, REPCONV_ERR_ISA,
-    REPCONV_ERR_LENGTH, REPCONV_ERR_NULL, REPCONV_ERR_PANIC, REPCONV_ERR_SHAPE,
-    REPCONV_ERR_THREADS, REPCONV_ERR_TOO_LARGE, REPCONV_OK,
+    REPCONV_ERR_LENGTH, REPCONV_ERR_NULL, REPCONV_ERR_PANIC, REPCONV_ERR_PRECISION,
+    REPCONV_ERR_SHAPE, REPCONV_ERR_THREADS, REPCONV_ERR_TOO_LARGE, REPCONV_OK,
 };
 
 /// The library's version, e.g. "0.1.0" (a static string).
@@ -108,6 +110,26 @@ fn parse_isa(name: Option<&CStr>) -> status::Res<Option<Isa>> {
         status::Failure::new(REPCONV_ERR_ISA, format!("unknown ISA {name:?} (not UTF-8)"))
     })?;
     Ok(Some(Isa::from_name(name)?))
+}
+
+/// The static C name of a precision: "f32" or "bf16".
+fn precision_c_name(precision: Precision) -> &'static CStr {
+    match precision {
+        Precision::F32 => c"f32",
+        Precision::Bf16 => c"bf16",
+    }
+}
+
+/// A precision name, "f32" or "bf16" (exactly; anything else is
+/// REPCONV_ERR_INVALID_ARGUMENT).
+fn parse_precision(name: &CStr) -> status::Res<Precision> {
+    [Precision::F32, Precision::Bf16].into_iter().find(|&p| precision_c_name(p) == name).ok_or_else(
+        || {
+            status::Failure::invalid(format!(
+                "unknown precision {name:?}: expected \"f32\" or \"bf16\""
+            ))
+        },
+    )
 }
 
 #[cfg(test)]

@@ -2,16 +2,17 @@
 
 use std::ffi::{CStr, c_char, c_int};
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use repconv_rs::mobileone::{MobileOne, MobileOneConfig, Variant, Workspace};
 use repconv_rs::tensor::checked_numel;
 use repconv_rs::weights::{self, Form, LoadOptions};
 use repconv_rs::{Isa, TensorView, TensorViewMut};
 
+use crate::current::Current;
 use crate::status::{Failure, Res, guard, load_error, shape_error};
 use crate::threads::Threads;
-use crate::{isa_c_name, parse_isa, ptr};
+use crate::{isa_c_name, parse_isa, parse_precision, precision_c_name, ptr};
 
 /// Every block in its train-time multi-branch form.
 pub const REPCONV_FORM_MULTI_BRANCH: c_int = 0;
@@ -20,11 +21,13 @@ pub const REPCONV_FORM_FUSED: c_int = 1;
 /// Some blocks of each form.
 pub const REPCONV_FORM_MIXED: c_int = 2;
 
-/// A MobileOne network (either form), a pool of workspaces for its forward
-/// passes, and its threads. Opaque.
+/// A MobileOne network (either form, either precision), a pool of
+/// workspaces for its forward passes, and its threads. Opaque.
 #[derive(Debug)]
 pub struct Net {
-    net: MobileOne,
+    /// Replaced as a whole by `repconv_net_set_precision`; a forward pass
+    /// keeps the one it started with.
+    net: Current<MobileOne>,
     variant: &'static CStr,
     /// Workspaces not in use. A forward pass takes one (or makes one when
     /// all are in use) and puts it back, holding the lock only for that, so
@@ -44,21 +47,23 @@ impl Net {
             Some(Variant::S4) => c"s4",
             None => c"custom",
         };
-        Net { net, variant, workspaces: Mutex::new(Vec::new()), threads }
+        Net { net: Current::new(net), variant, workspaces: Mutex::new(Vec::new()), threads }
     }
 
-    /// The Rust network inside the handle.
-    pub fn mobileone(&self) -> &MobileOne {
-        &self.net
+    /// The Rust network the handle runs now (`repconv_net_set_precision`
+    /// replaces it; this one stays as it is).
+    pub fn mobileone(&self) -> Arc<MobileOne> {
+        self.net.get()
     }
 
-    /// Runs the network with a workspace from the pool.
-    fn forward(&self, input: TensorView<'_>, logits: TensorViewMut<'_>) -> Res {
+    /// Runs `net` (the handle's, taken by the caller) with a workspace from
+    /// the pool.
+    fn forward(&self, net: &MobileOne, input: TensorView<'_>, logits: TensorViewMut<'_>) -> Res {
         // A poisoned lock only means a pass panicked while pushing or
         // popping; the Vec itself is intact.
         let taken = self.workspaces.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut ws = taken.unwrap_or_default();
-        let result = self.threads.run(|| self.net.forward_into(input, logits, &mut ws));
+        let result = self.threads.run(|| net.forward_into(input, logits, &mut ws));
         self.workspaces.lock().unwrap_or_else(PoisonError::into_inner).push(ws);
         result?.map_err(shape_error)
     }
@@ -162,8 +167,8 @@ pub unsafe extern "C" fn repconv_net_load_bytes(
 /// Creates a new handle holding the reparameterized (fused) form of `net`:
 /// every multi-branch block folded into one convolution with bias (an
 /// already fused network is copied). The new handle has the same ISA and
-/// thread setting (its own pool); `net` is unchanged and both must be
-/// destroyed. On failure `*out` is NULL.
+/// precision and thread setting (its own pool); `net` is unchanged and both
+/// must be destroyed. On failure `*out` is NULL.
 ///
 /// # Safety
 /// `net` must be NULL or a live handle; `out` NULL or writable.
@@ -174,7 +179,8 @@ pub unsafe extern "C" fn repconv_net_reparameterize(net: *const Net, out: *mut *
         let out = unsafe { ptr::out_handle("out", out) }?;
         // SAFETY: the caller guarantees `net` is NULL or a live handle.
         let h = unsafe { ptr::get("net", net) }?;
-        let fused = h.net.reparameterize()?;
+        // The precision is carried by the library's reparameterize.
+        let fused = h.net.get().reparameterize()?;
         *out = Box::into_raw(Box::new(Net::new(fused, h.threads.duplicate()?)));
         Ok(())
     })
@@ -213,7 +219,10 @@ pub unsafe extern "C" fn repconv_net_forward(
         // SAFETY: the caller guarantees `shape` is NULL or 4 size_t.
         let shape = unsafe { ptr::shape("shape", shape) }?;
         let input_len = checked_numel("input", shape).map_err(shape_error)?;
-        let out_shape = h.net.output_shape(shape).map_err(shape_error)?;
+        // This pass's network, whatever `repconv_net_set_precision` does
+        // meanwhile.
+        let net = h.net.get();
+        let out_shape = net.output_shape(shape).map_err(shape_error)?;
         let expected = checked_numel("logits", out_shape)?;
         if logits_len != expected {
             return Err(Failure::length(format!(
@@ -227,7 +236,7 @@ pub unsafe extern "C" fn repconv_net_forward(
         // SAFETY: the caller guarantees `logits` holds `logits_len` writable
         // floats; they do not overlap `input` (checked above).
         let logits = unsafe { ptr::array_mut("logits", logits, logits_len) }?;
-        h.forward(TensorView::new(shape, input)?, TensorViewMut::new(out_shape, logits)?)
+        h.forward(&net, TensorView::new(shape, input)?, TensorViewMut::new(out_shape, logits)?)
     })
 }
 
@@ -259,7 +268,7 @@ pub unsafe extern "C" fn repconv_net_num_classes(
         // SAFETY: the caller guarantees `net` is NULL or a live handle.
         let h = unsafe { ptr::get("net", net) }?;
         // SAFETY: the caller guarantees `num_classes` is NULL or writable.
-        unsafe { ptr::write("num_classes", num_classes, h.net.config().num_classes) }
+        unsafe { ptr::write("num_classes", num_classes, h.net.get().config().num_classes) }
     })
 }
 
@@ -277,7 +286,7 @@ pub unsafe extern "C" fn repconv_net_in_channels(
         // SAFETY: the caller guarantees `net` is NULL or a live handle.
         let h = unsafe { ptr::get("net", net) }?;
         // SAFETY: the caller guarantees `in_channels` is NULL or writable.
-        unsafe { ptr::write("in_channels", in_channels, h.net.config().in_channels) }
+        unsafe { ptr::write("in_channels", in_channels, h.net.get().config().in_channels) }
     })
 }
 
@@ -291,7 +300,7 @@ pub unsafe extern "C" fn repconv_net_form(net: *const Net, form: *mut c_int) -> 
     guard("repconv_net_form", || {
         // SAFETY: the caller guarantees `net` is NULL or a live handle.
         let h = unsafe { ptr::get("net", net) }?;
-        let value = match weights::form(&h.net) {
+        let value = match weights::form(&h.net.get()) {
             Form::MultiBranch => REPCONV_FORM_MULTI_BRANCH,
             Form::Fused => REPCONV_FORM_FUSED,
             Form::Mixed => REPCONV_FORM_MIXED,
@@ -312,7 +321,59 @@ pub unsafe extern "C" fn repconv_net_isa(net: *const Net, name: *mut *const c_ch
         // SAFETY: the caller guarantees `net` is NULL or a live handle.
         let h = unsafe { ptr::get("net", net) }?;
         // SAFETY: the caller guarantees `name` is NULL or writable.
-        unsafe { ptr::write("name", name, isa_c_name(h.net.isa()).as_ptr()) }
+        unsafe { ptr::write("name", name, isa_c_name(h.net.get().isa()).as_ptr()) }
+    })
+}
+
+/// Sets the precision of the network's forward passes, as
+/// `repconv_conv_set_precision`: "f32" (the default) or "bf16", in which
+/// every convolution the library has a bf16 kernel for (the 1x1 layers,
+/// about 90% of the FLOPs) rounds its weights and inputs to bfloat16 and
+/// sums in f32, while the other layers, squeeze-excitation, pooling and the
+/// classifier stay f32; the logits are f32 either way. "bf16" needs the
+/// "avx512" ISA on a CPU with AVX512_BF16 (or REPCONV_BF16=emulated), else
+/// it fails with REPCONV_ERR_PRECISION and the reason; a NULL `name` is
+/// REPCONV_ERR_NULL, any other name REPCONV_ERR_INVALID_ARGUMENT. Changing
+/// the precision re-packs the weights into a new copy of the network;
+/// `repconv_net_reparameterize` keeps it.
+///
+/// May be called while other threads run forward passes, queries or
+/// `repconv_net_set_threads` on the handle: a pass already running finishes
+/// in the precision it started with; passes that start afterwards use the
+/// new one. On failure the precision is unchanged.
+///
+/// # Safety
+/// `net` must be NULL or a live handle; `name` NULL or a NUL-terminated
+/// string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repconv_net_set_precision(net: *mut Net, name: *const c_char) -> c_int {
+    guard("repconv_net_set_precision", || {
+        // SAFETY: the caller guarantees `net` is NULL or a live handle; the
+        // network is swapped behind a lock, so a shared reference suffices.
+        let h = unsafe { ptr::get("net", net.cast_const()) }?;
+        // SAFETY: the caller guarantees `name` is NULL or NUL-terminated.
+        let precision = parse_precision(unsafe { ptr::c_str("name", name) }?)?;
+        let now = h.net.get();
+        if now.precision() != precision {
+            h.net.replace(MobileOne::clone(&now).with_precision(precision)?);
+        }
+        Ok(())
+    })
+}
+
+/// Sets `*name` to the network's precision: "f32" or "bf16" (a static
+/// string).
+///
+/// # Safety
+/// `net` must be NULL or a live handle; `name` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repconv_net_precision(net: *const Net, name: *mut *const c_char) -> c_int {
+    guard("repconv_net_precision", || {
+        // SAFETY: the caller guarantees `net` is NULL or a live handle.
+        let h = unsafe { ptr::get("net", net) }?;
+        let precision = precision_c_name(h.net.get().precision());
+        // SAFETY: the caller guarantees `name` is NULL or writable.
+        unsafe { ptr::write("name", name, precision.as_ptr()) }
     })
 }
 

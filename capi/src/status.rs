@@ -44,6 +44,10 @@ pub const REPCONV_ERR_THREADS: c_int = -9;
 /// message). The panic was caught; the process and every handle remain
 /// usable, but the contents of the call's output buffer are unspecified.
 pub const REPCONV_ERR_PANIC: c_int = -10;
+/// The precision cannot run on this handle: "bf16" needs the "avx512" ISA on
+/// a CPU with AVX512_BF16 (or the environment variable REPCONV_BF16=emulated,
+/// read once per process, for the bf16 kernels' slow software model).
+pub const REPCONV_ERR_PRECISION: c_int = -11;
 
 /// Why a call failed: its status code and a one-line message.
 #[derive(Debug)]
@@ -89,6 +93,7 @@ impl From<Error> for Failure {
             | Error::NotSafetensors { .. } => REPCONV_ERR_FORMAT,
             Error::Io { .. } => REPCONV_ERR_IO,
             Error::Isa(_) => REPCONV_ERR_ISA,
+            Error::Precision { .. } => REPCONV_ERR_PRECISION,
             // InvalidParam, Unsupported, and variants added later.
             _ => REPCONV_ERR_INVALID_ARGUMENT,
         };
@@ -220,6 +225,7 @@ pub(crate) fn status_name(status: c_int) -> &'static std::ffi::CStr {
         REPCONV_ERR_FORMAT => c"REPCONV_ERR_FORMAT",
         REPCONV_ERR_THREADS => c"REPCONV_ERR_THREADS",
         REPCONV_ERR_PANIC => c"REPCONV_ERR_PANIC",
+        REPCONV_ERR_PRECISION => c"REPCONV_ERR_PRECISION",
         _ => c"unknown status",
     }
 }
@@ -270,6 +276,7 @@ mod tests {
             REPCONV_ERR_FORMAT,
             REPCONV_ERR_THREADS,
             REPCONV_ERR_PANIC,
+            REPCONV_ERR_PRECISION,
         ];
         let names: std::collections::HashSet<_> = codes.iter().map(|&c| status_name(c)).collect();
         assert_eq!(names.len(), codes.len());

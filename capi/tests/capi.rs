@@ -1,7 +1,9 @@
 //! The C API called from Rust through the rlib: every error path returns its
 //! documented status and a last-error message naming the problem; forward
 //! passes equal the Rust API bit for bit (same ISA, any thread count);
-//! thread settings, ISA selection, queries, concurrency.
+//! thread settings, ISA selection, precision settings, queries,
+//! concurrency. This process runs without REPCONV_BF16, so bf16 runs only on
+//! a CPU with AVX512_BF16; `env.rs` runs it with REPCONV_BF16=emulated.
 
 #[path = "../../tests/common/isas.rs"]
 mod isas;
@@ -15,7 +17,7 @@ use std::ptr::{null, null_mut};
 use repconv_capi::*;
 use repconv_rs::mobileone::{MobileOne, SplitMix64, Workspace};
 use repconv_rs::weights::{self, LoadOptions};
-use repconv_rs::{Activation, Conv2d, Conv2dParams, Isa, Tensor};
+use repconv_rs::{Activation, Conv2d, Conv2dParams, Error, Isa, IsaKind, Precision, Tensor};
 
 /// Every ISA this CPU has, reported for the per-ISA loop `suite` (printed,
 /// and checked against REPCONV_REQUIRE_ISA).
@@ -141,6 +143,11 @@ impl CConv {
         n
     }
 
+    fn set_precision(&self, name: &CStr) -> c_int {
+        // SAFETY: a live handle and a C string.
+        unsafe { repconv_conv_set_precision(self.0, name.as_ptr()) }
+    }
+
     fn string(&self, f: unsafe extern "C" fn(*const Conv, *mut *const c_char) -> c_int) -> String {
         let mut name = null();
         // SAFETY: a live handle and a local; `f` is one of the string queries.
@@ -221,6 +228,11 @@ impl CNet {
         unsafe { repconv_net_set_threads(self.0, n) }
     }
 
+    fn set_precision(&self, name: &CStr) -> c_int {
+        // SAFETY: a live handle and a C string.
+        unsafe { repconv_net_set_precision(self.0, name.as_ptr()) }
+    }
+
     fn usize(&self, f: unsafe extern "C" fn(*const Net, *mut usize) -> c_int) -> usize {
         let mut n = usize::MAX;
         // SAFETY: a live handle and a local; `f` is one of the size queries.
@@ -299,6 +311,9 @@ fn version_and_isa() {
     assert_ok(unsafe { repconv_isa_default(&mut name) });
     assert_eq!(c_string(name), Isa::from_env().unwrap().name());
     assert_eq!(c_string(repconv_status_name(REPCONV_ERR_FORMAT)), "REPCONV_ERR_FORMAT");
+    // Appended after the existing codes: their numbers are the ABI.
+    assert_eq!((REPCONV_ERR_PANIC, REPCONV_ERR_PRECISION), (-10, -11));
+    assert_eq!(c_string(repconv_status_name(REPCONV_ERR_PRECISION)), "REPCONV_ERR_PRECISION");
     assert_eq!(c_string(repconv_status_name(12345)), "unknown status");
 }
 
@@ -879,4 +894,148 @@ fn net_error_paths() {
         assert_fails(repconv_net_set_threads(c.0, 4096), REPCONV_ERR_INVALID_ARGUMENT, "threads");
         repconv_net_destroy(null_mut());
     }
+}
+
+/// Names that are not precisions (matched exactly, like ISA names).
+const BAD_PRECISIONS: [&CStr; 5] = [c"fp16", c"F32", c"bf16 ", c"", c"\xff"];
+
+/// The precision setting of a convolution: "f32" by default; unknown names,
+/// NULL handles and pointers are errors that keep the setting; where the
+/// Rust API refuses bf16 (always on the portable ISA, since this process
+/// runs without REPCONV_BF16=emulated) the C API returns
+/// REPCONV_ERR_PRECISION with the library's message and the handle keeps
+/// computing in f32, and where it accepts it (the avx512 ISA on a CPU with
+/// AVX512_BF16) the handle runs the same kernel bit for bit.
+#[test]
+fn conv_precision_settings_and_errors() {
+    assert!(std::env::var(repconv_rs::BF16_ENV).is_err(), "run without {}", repconv_rs::BF16_ENV);
+    let (params, shape) = layers().swap_remove(0);
+    let w = values(31, params.weight_len().unwrap());
+    let b = values(32, params.out_channels);
+    let x = Tensor::from_vec(shape, values(33, shape.iter().product())).unwrap();
+    let mut checked_refusal = false;
+    for isa in available_isas("capi::conv_precision_settings_and_errors") {
+        let f32_conv =
+            Conv2d::new(params, &w, Some(&b), Activation::Relu).unwrap().with_isa(isa).unwrap();
+        let f32_out = bits(&rust_forward(&f32_conv, &x, 0));
+        let c = CConv::create(&params, &w, Some(&b), REPCONV_ACTIVATION_RELU, Some(isa.name()))
+            .unwrap();
+        assert_eq!(c.string(repconv_conv_precision), "f32", "the default");
+        assert_ok(c.set_precision(c"f32"));
+        assert_eq!(c.string(repconv_conv_precision), "f32");
+        for bad in BAD_PRECISIONS {
+            assert_fails(c.set_precision(bad), REPCONV_ERR_INVALID_ARGUMENT, "\"f32\" or \"bf16\"");
+            assert!(last_error().contains(&format!("{bad:?}")), "{}", last_error());
+        }
+        let mut y = vec![f32::NAN; f32_out.len()];
+        match f32_conv.clone().with_precision(Precision::Bf16) {
+            Err(e) => {
+                assert!(matches!(e, Error::Precision { .. }), "{e:?}");
+                assert_fails(c.set_precision(c"bf16"), REPCONV_ERR_PRECISION, &e.to_string());
+                assert!(
+                    last_error().starts_with("repconv_conv_set_precision: "),
+                    "{}",
+                    last_error()
+                );
+                checked_refusal |= isa.kind() == IsaKind::Portable;
+                println!("{isa}: bf16 refused: {e}");
+            }
+            Ok(bf16) => {
+                assert_ne!(isa.kind(), IsaKind::Portable, "bf16 on the portable ISA");
+                assert_ok(c.set_precision(c"bf16"));
+                assert_eq!(c.string(repconv_conv_precision), "bf16");
+                assert_eq!(c.string(repconv_conv_kernel_name), bf16.kernel_name());
+                assert_ok(c.forward(x.as_slice(), shape, &mut y));
+                assert_eq!(bits(&y), bits(&rust_forward(&bf16, &x, 0)), "{isa} bf16");
+                assert_ok(c.set_precision(c"f32"));
+                println!("{isa}: bf16 runs {}", bf16.kernel_name());
+            }
+        }
+        // Failures kept the setting, and f32 is back after a bf16 run.
+        assert_eq!(c.string(repconv_conv_precision), "f32");
+        assert_eq!(c.string(repconv_conv_kernel_name), f32_conv.kernel_name());
+        assert_ok(c.forward(x.as_slice(), shape, &mut y));
+        assert_eq!(bits(&y), f32_out, "{isa} f32");
+    }
+    assert!(checked_refusal, "the portable ISA must refuse bf16 without REPCONV_BF16=emulated");
+
+    let c = CConv::create(&params, &w, None, REPCONV_ACTIVATION_NONE, None).unwrap();
+    // SAFETY: NULL handles and pointers are allowed (and reported).
+    unsafe {
+        let mut name = null();
+        assert_fails(
+            repconv_conv_set_precision(null_mut(), c"f32".as_ptr()),
+            REPCONV_ERR_NULL,
+            "conv",
+        );
+        assert_fails(repconv_conv_set_precision(c.0, null()), REPCONV_ERR_NULL, "name");
+        assert_fails(repconv_conv_precision(null(), &mut name), REPCONV_ERR_NULL, "conv");
+        assert_fails(repconv_conv_precision(c.0, null_mut()), REPCONV_ERR_NULL, "name");
+        assert!(name.is_null(), "written only on success");
+    }
+    assert_eq!(c.string(repconv_conv_precision), "f32");
+}
+
+/// The same for a network: the default, errors that keep the setting, the
+/// library's refusal as REPCONV_ERR_PRECISION (or, where bf16 runs, the Rust
+/// API's bf16 logits bit for bit), and a reparameterized copy in the same
+/// precision.
+#[test]
+fn net_precision_settings_and_errors() {
+    assert!(std::env::var(repconv_rs::BF16_ENV).is_err(), "run without {}", repconv_rs::BF16_ENV);
+    let path = fixture("s0.train.safetensors");
+    let x = fixture_input();
+    let mut checked_refusal = false;
+    for isa in available_isas("capi::net_precision_settings_and_errors") {
+        let f32_net = rust_net(&path).with_isa(isa).unwrap();
+        let f32_logits = bits(&rust_logits(&f32_net, &x, 0));
+        let c = CNet::load(&path, Some(isa.name())).unwrap();
+        assert_eq!(c.string(repconv_net_precision), "f32", "the default");
+        assert_ok(c.set_precision(c"f32"));
+        for bad in BAD_PRECISIONS {
+            assert_fails(c.set_precision(bad), REPCONV_ERR_INVALID_ARGUMENT, "\"f32\" or \"bf16\"");
+        }
+        let mut logits = vec![f32::NAN; 20];
+        let want_fused = match f32_net.clone().with_precision(Precision::Bf16) {
+            Err(e) => {
+                assert!(matches!(e, Error::Precision { .. }), "{e:?}");
+                assert_fails(c.set_precision(c"bf16"), REPCONV_ERR_PRECISION, &e.to_string());
+                assert!(last_error().starts_with("repconv_net_set_precision: "));
+                checked_refusal |= isa.kind() == IsaKind::Portable;
+                assert_eq!(c.string(repconv_net_precision), "f32");
+                f32_net.reparameterize().unwrap()
+            }
+            Ok(bf16) => {
+                assert_ok(c.set_precision(c"bf16"));
+                assert_eq!(c.string(repconv_net_precision), "bf16");
+                assert_ok(c.forward(x.as_slice(), x.shape(), &mut logits));
+                assert_eq!(bits(&logits), bits(&rust_logits(&bf16, &x, 0)), "{isa} bf16");
+                bf16.reparameterize().unwrap()
+            }
+        };
+        let r = c.reparameterize();
+        assert_eq!(r.string(repconv_net_precision), c.string(repconv_net_precision));
+        assert_ok(r.forward(x.as_slice(), x.shape(), &mut logits));
+        assert_eq!(bits(&logits), bits(&rust_logits(&want_fused, &x, 0)), "{isa} fused");
+        assert_ok(c.set_precision(c"f32"));
+        assert_ok(c.forward(x.as_slice(), x.shape(), &mut logits));
+        assert_eq!(bits(&logits), f32_logits, "{isa} f32");
+    }
+    assert!(checked_refusal, "the portable ISA must refuse bf16 without REPCONV_BF16=emulated");
+
+    let c = CNet::load(&fixture("s0.fused.safetensors"), None).unwrap();
+    // SAFETY: NULL handles and pointers are allowed (and reported).
+    unsafe {
+        let mut name = null();
+        assert_fails(
+            repconv_net_set_precision(null_mut(), c"bf16".as_ptr()),
+            REPCONV_ERR_NULL,
+            "net",
+        );
+        assert_fails(repconv_net_set_precision(c.0, null()), REPCONV_ERR_NULL, "name");
+        assert_fails(repconv_net_precision(null(), &mut name), REPCONV_ERR_NULL, "net");
+        assert_fails(repconv_net_precision(c.0, null_mut()), REPCONV_ERR_NULL, "name");
+        assert!(name.is_null(), "written only on success");
+    }
+    assert_eq!(c.string(repconv_net_precision), "f32");
 }

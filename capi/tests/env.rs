@@ -1,7 +1,8 @@
 //! The C API under environment variables that the library reads once per
-//! process (REPCONV_ISA) or when it makes its default thread pool
-//! (RAYON_NUM_THREADS): each case runs one `#[ignore]`d test of this binary
-//! again in a child process with the variable set, under a time limit.
+//! process (REPCONV_ISA, REPCONV_BF16) or when it makes its default thread
+//! pool (RAYON_NUM_THREADS): each case runs one `#[ignore]`d test of this
+//! binary again in a child process with the variable set, under a time
+//! limit.
 
 #[path = "../../tests/common/watchdog.rs"]
 #[allow(dead_code)]
@@ -11,6 +12,9 @@ use std::ffi::{CStr, c_char, c_int};
 use std::ptr::{null, null_mut};
 
 use repconv_capi::*;
+use repconv_rs::mobileone::{MobileOne, SplitMix64, Workspace};
+use repconv_rs::weights::{self, LoadOptions};
+use repconv_rs::{Activation, Conv2d, Conv2dParams, Precision, Tensor};
 use watchdog::{expect_env, run_child};
 
 fn fixture(name: &str) -> String {
@@ -235,3 +239,254 @@ fn child_bad_repconv_isa() {
         repconv_net_destroy(net);
     }
 }
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[track_caller]
+fn assert_ok(status: c_int) {
+    assert_eq!(status, REPCONV_OK, "{}", c_string(repconv_last_error()));
+}
+
+fn conv_precision(conv: *const Conv) -> String {
+    let mut name = null();
+    // SAFETY: a live handle and a local.
+    assert_ok(unsafe { repconv_conv_precision(conv, &mut name) });
+    c_string(name)
+}
+
+fn net_precision(net: *const Net) -> String {
+    let mut name = null();
+    // SAFETY: a live handle and a local.
+    assert_ok(unsafe { repconv_net_precision(net, &mut name) });
+    c_string(name)
+}
+
+/// The logits of the C network on `x`.
+fn c_logits(net: *const Net, x: &Tensor) -> Vec<f32> {
+    let shape = x.shape();
+    let mut y = vec![f32::NAN; shape[0] * 10];
+    // SAFETY: a live handle and buffers of the lengths the shape implies.
+    assert_ok(unsafe {
+        repconv_net_forward(net, x.as_slice().as_ptr(), shape.as_ptr(), y.as_mut_ptr(), y.len())
+    });
+    y
+}
+
+/// The Rust network's logits on `x`, on a pool of `threads` threads.
+fn rust_logits(net: &MobileOne, x: &Tensor, threads: usize) -> Vec<f32> {
+    let mut y = Tensor::zeros(net.output_shape(x.shape()).unwrap()).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| net.forward_into(x.view(), y.view_mut(), &mut Workspace::new()).unwrap());
+    y.as_slice().to_vec()
+}
+
+/// The largest |a - b| over the largest |b|, NaN-aware: infinite where a NaN
+/// is on one side only.
+fn relative_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut diff = 0.0f64;
+    let mut scale = 0.0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        let d = match (x.is_nan(), y.is_nan()) {
+            (true, true) => 0.0,
+            (false, false) => (f64::from(x) - f64::from(y)).abs(),
+            _ => f64::INFINITY,
+        };
+        diff = if d > diff || d.is_nan() { d } else { diff };
+        scale = scale.max(f64::from(y).abs());
+    }
+    diff / scale
+}
+
+/// bf16 through the C API with the bf16 kernels' software model (or the
+/// hardware, on a CPU with AVX512_BF16 and the avx512 ISA).
+#[test]
+fn bf16_runs_with_repconv_bf16_emulated() {
+    run_child("child_bf16_emulated", &[("REPCONV_BF16", "emulated")], 600);
+}
+
+#[test]
+#[ignore = "run by bf16_runs_with_repconv_bf16_emulated"]
+fn child_bf16_emulated() {
+    expect_env("REPCONV_BF16", "emulated");
+    let io = std::fs::read(fixture("s0.io.safetensors").trim_end_matches('\0')).unwrap();
+    let io = weights::read_tensors(&io).unwrap();
+    let x = io.iter().find(|t| t.name == "input").unwrap().to_nchw().unwrap();
+
+    // A network: the fused and the train form (the latter reparameterized in C).
+    for file in ["s0.fused.safetensors", "s0.train.safetensors"] {
+        let path = fixture(file);
+        let rust = weights::load(path.trim_end_matches('\0'), &LoadOptions::default()).unwrap();
+        let rust_bf16 = rust.clone().with_precision(Precision::Bf16).unwrap();
+        let mut net = null_mut();
+        // SAFETY: a C string and a local.
+        assert_ok(unsafe { repconv_net_load(path.as_ptr().cast(), null(), &mut net) });
+        let f32_logits = c_logits(net, &x);
+        assert_eq!(bits(&f32_logits), bits(&rust_logits(&rust, &x, 2)), "{file} f32");
+        // SAFETY: a live handle and a C string.
+        assert_ok(unsafe { repconv_net_set_precision(net, c"bf16".as_ptr()) });
+        assert_eq!(net_precision(net), "bf16");
+        let want = bits(&rust_logits(&rust_bf16, &x, 2));
+        for threads in [1, 2] {
+            // SAFETY: a live handle.
+            assert_ok(unsafe { repconv_net_set_threads(net, threads) });
+            let bf16_logits = c_logits(net, &x);
+            assert_eq!(bits(&bf16_logits), want, "{file} bf16, {threads} threads");
+            let rel = relative_diff(&bf16_logits, &f32_logits);
+            println!("{file}: bf16 vs f32 logits: max |diff| / max |logit| = {rel:.2e}");
+            assert!(rel <= 0.1, "{file}: bf16 logits {rel} off the f32 ones");
+            assert_ne!(bits(&bf16_logits), bits(&f32_logits), "{file}: bf16 did not run");
+        }
+        let mut fused = null_mut();
+        // SAFETY: a live handle and a local.
+        assert_ok(unsafe { repconv_net_reparameterize(net, &mut fused) });
+        assert_eq!(net_precision(fused), "bf16", "reparameterize keeps the precision");
+        let want_fused = rust_logits(&rust_bf16.reparameterize().unwrap(), &x, 2);
+        assert_eq!(bits(&c_logits(fused, &x)), bits(&want_fused), "{file} reparameterized");
+        // SAFETY: a live handle and a C string.
+        assert_ok(unsafe { repconv_net_set_precision(net, c"f32".as_ptr()) });
+        assert_eq!(net_precision(net), "f32");
+        assert_eq!(bits(&c_logits(net, &x)), bits(&f32_logits), "{file} f32 again");
+        // SAFETY: live handles, destroyed once.
+        unsafe {
+            repconv_net_destroy(fused);
+            repconv_net_destroy(net);
+        }
+    }
+
+    // A 1x1 convolution: the bf16 kernel, bit for bit the Rust API's; the
+    // kernel names returned earlier stay valid.
+    let params = Conv2dParams::new(40, 24, [1, 1]);
+    let w = SplitMix64::new(7).uniform_vec(40 * 24, -1.0, 1.0);
+    let b = SplitMix64::new(8).uniform_vec(24, -1.0, 1.0);
+    let shape = [2usize, 40, 9, 13];
+    let x = Tensor::from_vec(shape, SplitMix64::new(9).uniform_vec(2 * 40 * 9 * 13, -1.0, 1.0))
+        .unwrap();
+    let rust = Conv2d::new(params, &w, Some(&b), Activation::Relu).unwrap();
+    let rust_bf16 = rust.clone().with_precision(Precision::Bf16).unwrap();
+    let want =
+        [rust.forward(&x).unwrap(), rust_bf16.forward(&x).unwrap()].map(|y| bits(y.as_slice()));
+    assert_ne!(want[0], want[1], "bf16 and f32 differ on these values");
+    let mut params_c = ConvParams::default();
+    // SAFETY: a local.
+    assert_ok(unsafe { repconv_conv_params_init(&mut params_c, 40, 24, 1, 1) });
+    let mut conv = null_mut();
+    // SAFETY: live locals with their lengths.
+    assert_ok(unsafe {
+        repconv_conv_create(
+            &params_c,
+            w.as_ptr(),
+            w.len(),
+            b.as_ptr(),
+            b.len(),
+            REPCONV_ACTIVATION_RELU,
+            null(),
+            &mut conv,
+        )
+    });
+    let conv_forward = move |conv: *const Conv, x: &Tensor| {
+        let mut y = vec![f32::NAN; 2 * 24 * 9 * 13];
+        // SAFETY: a live handle and buffers of the lengths the shape implies.
+        assert_ok(unsafe {
+            repconv_conv_forward(
+                conv,
+                x.as_slice().as_ptr(),
+                shape.as_ptr(),
+                y.as_mut_ptr(),
+                y.len(),
+            )
+        });
+        bits(&y)
+    };
+    let kernel_name = |conv: *const Conv| {
+        let mut name = null();
+        // SAFETY: a live handle and a local.
+        assert_ok(unsafe { repconv_conv_kernel_name(conv, &mut name) });
+        name
+    };
+    let f32_name = kernel_name(conv);
+    // SAFETY: a live handle and a C string.
+    assert_ok(unsafe { repconv_conv_set_precision(conv, c"bf16".as_ptr()) });
+    assert_eq!(conv_precision(conv), "bf16");
+    let bf16_name = kernel_name(conv);
+    assert_eq!(c_string(bf16_name), rust_bf16.kernel_name());
+    assert_ne!(rust_bf16.kernel_name(), rust.kernel_name());
+    assert_eq!(conv_forward(conv, &x), want[1], "conv bf16");
+    // SAFETY: a live handle and a C string.
+    assert_ok(unsafe { repconv_conv_set_precision(conv, c"f32".as_ptr()) });
+    assert_eq!(conv_forward(conv, &x), want[0], "conv f32 again");
+    assert_eq!(kernel_name(conv), f32_name, "the same string as before");
+    assert_eq!(c_string(f32_name), rust.kernel_name());
+    assert_eq!(c_string(bf16_name), rust_bf16.kernel_name(), "still valid");
+
+    // Forward passes from three threads while a fourth switches the
+    // precision (and the threads): each result is bitwise the f32 or the
+    // bf16 one (a pass keeps the convolution it started with), no hang. The
+    // passes go on until the setter has made 8 changes (at most 2000 each).
+    let shared = SharedConv(conv);
+    let (seen, changes) =
+        watchdog::within(300, "forward passes while set_precision runs", move || {
+            use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+            let (stop, changes) = (AtomicBool::new(false), AtomicUsize::new(0));
+            std::thread::scope(|s| {
+                let setter = s.spawn(|| {
+                    for n in 0.. {
+                        if stop.load(SeqCst) {
+                            break;
+                        }
+                        assert_ok(shared.set_precision([c"bf16", c"f32"][n % 2]));
+                        // SAFETY: a live handle (destroyed after the passes).
+                        assert_ok(unsafe { repconv_conv_set_threads(shared.0, [2, 0, 1][n % 3]) });
+                        changes.fetch_add(1, SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                });
+                let passes: Vec<_> = (0..3)
+                    .map(|_| {
+                        let (shared, x, want, changes) = (&shared, &x, &want, &changes);
+                        s.spawn(move || {
+                            let mut seen = [0usize; 2];
+                            for k in 0..2000 {
+                                if k >= 10 && changes.load(SeqCst) >= 8 {
+                                    break;
+                                }
+                                let y = conv_forward(shared.0, x);
+                                let Some(i) = want.iter().position(|w| *w == y) else {
+                                    panic!("pass {k}: neither the f32 nor the bf16 output");
+                                };
+                                seen[i] += 1;
+                            }
+                            seen
+                        })
+                    })
+                    .collect();
+                let seen: Vec<_> = passes.into_iter().map(|p| p.join()).collect();
+                stop.store(true, SeqCst);
+                setter.join().unwrap();
+                (seen.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(), changes.load(SeqCst))
+            })
+        });
+    println!("passes [f32, bf16] per thread: {seen:?}; {changes} precision changes");
+    assert!(changes >= 8, "only {changes} precision changes happened during the passes");
+    // SAFETY: a live handle, destroyed once (the passes have returned).
+    unsafe { repconv_conv_destroy(conv) };
+}
+
+/// A convolution handle shared by threads.
+struct SharedConv(*mut Conv);
+
+impl SharedConv {
+    fn set_precision(&self, name: &CStr) -> c_int {
+        // SAFETY: a live handle and a C string.
+        unsafe { repconv_conv_set_precision(self.0, name.as_ptr()) }
+    }
+}
+
+// SAFETY: forward passes, queries, set_threads and set_precision are
+// documented as safe on one handle from many threads; it is destroyed only
+// after every thread using it has returned.
+unsafe impl Send for SharedConv {}
+// SAFETY: as above.
+unsafe impl Sync for SharedConv {}
