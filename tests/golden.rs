@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{max_abs, max_abs_diff};
+use common::{check_matches, max_abs, max_abs_diff};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -55,15 +55,12 @@ fn io(kind: &str) -> HashMap<String, NamedTensor> {
 }
 
 /// Checks `got` against PyTorch's `want` at `abs_tol` and `rel_tol` of
-/// `max |want|`; returns (max |diff|, relative). NaN-aware: a NaN on one side
-/// only (or a length mismatch) is an infinite difference, and a NaN in `want`
-/// makes the bound NaN, so either fails.
+/// `max |want|` ([`common::check_matches`], NaN-aware); returns
+/// (max |diff|, relative).
 fn assert_matches(what: &str, got: &[f32], want: &[f32], abs_tol: f64, rel_tol: f64) -> (f64, f64) {
-    let (d, m) = (max_abs_diff(got, want), max_abs(want));
-    let rel = d / m.max(f64::MIN_POSITIVE);
-    eprintln!("{what}: max |diff| {d:.3e}, max |out| {m:.3e}, relative {rel:.3e}");
-    assert!(m > 0.0, "{what}: all-zero reference output");
-    assert!(d <= abs_tol && d <= rel_tol * m, "{what}: max |diff| {d:.3e} (relative {rel:.3e})");
+    let (d, rel) =
+        check_matches(got, want, abs_tol, rel_tol).unwrap_or_else(|e| panic!("{what}: {e}"));
+    eprintln!("{what}: max |diff| {d:.3e}, relative {rel:.3e}");
     (d, rel)
 }
 

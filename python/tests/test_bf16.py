@@ -184,7 +184,8 @@ def test_bf16_conv2d_matches_the_reference_on_rounded_operands(tmp_path):
     """A 1x1 convolution in bf16 (tile borders: 19 rows, 9x13 pixels, an
     odd reduction) is the float64 reference on bf16-rounded weights and
     inputs, to f32-summation accuracy, and differs from the unrounded one; a
-    3x3 convolution asked for bf16 stays on its f32 kernel, bit for bit."""
+    depthwise 3x3 convolution asked for bf16 stays on its f32 kernel, bit for
+    bit (only the 1x1 and dense 3x3 layers have bf16 kernels)."""
     got = child(
         """
         rng = np.random.default_rng(21)
@@ -196,9 +197,10 @@ def test_bf16_conv2d_matches_the_reference_on_rounded_operands(tmp_path):
         y = conv(x)
         conv.threads = 2
         y2 = conv(x)
-        w3 = rng.uniform(-0.5, 0.5, (12, 37, 3, 3)).astype(np.float32)
-        c3 = repconv.Conv2d(w3, b[:12], padding=1, precision="bf16")
-        f3 = repconv.Conv2d(w3, b[:12], padding=1)
+        w3 = rng.uniform(-0.5, 0.5, (37, 1, 3, 3)).astype(np.float32)
+        b3 = rng.uniform(-0.5, 0.5, 37).astype(np.float32)
+        c3 = repconv.Conv2d(w3, b3, padding=1, groups=37, precision="bf16")
+        f3 = repconv.Conv2d(w3, b3, padding=1, groups=37)
         np.savez(OUT_DIR + "/conv.npz", x=x, w=w, b=b, y=y, y2=y2, again=again(x),
                  f32=repconv.Conv2d(w, b, activation="relu")(x), y3=c3(x), f3=f3(x))
         json.dump(dict(kernel=conv.kernel_name, precision=conv.precision, again=again.kernel_name,
@@ -219,7 +221,7 @@ def test_bf16_conv2d_matches_the_reference_on_rounded_operands(tmp_path):
     unrounded, _ = conv_ref(a["x"], a["w"], a["b"], (1, 1), (0, 0), (1, 1), 1, True)
     assert np.abs(a["y"] - unrounded).max() > 1e-3 * np.abs(unrounded).max()
     assert np.abs(a["f32"] - unrounded).max() <= 1e-5 * np.abs(unrounded).max()
-    # 3x3: no bf16 kernel, so the f32 one.
+    # Depthwise 3x3: no bf16 kernel, so the f32 one.
     assert got["k3"] == got["f3"] and "bf16" not in got["k3"] and got["p3"] == "bf16"
     assert np.array_equal(bits(a["y3"]), bits(a["f3"]))
 

@@ -70,27 +70,10 @@ pub fn check_close(got: &[f32], want: &[f32], magnitude: &[f32]) -> Result<(), S
     }
 }
 
-/// The largest `|a[i] - b[i]|`, seeing NaN: a NaN on one side only, slices
-/// of different lengths, or infinities that differ give `f64::INFINITY`; NaN
-/// on both sides at the same index, or the same infinity, count as equal. (A
-/// fold with `f32::max` drops NaN: an all-NaN output would measure 0.)
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() {
-        return f64::INFINITY;
-    }
-    a.iter().zip(b).map(|(&x, &y)| abs_diff(x, y)).fold(0.0, f64::max)
-}
-
-/// `|x - y|` in f64, NaN-aware as in [`max_abs_diff`]; never NaN itself.
-pub fn abs_diff(x: f32, y: f32) -> f64 {
-    match (x.is_nan(), y.is_nan()) {
-        (true, true) => 0.0,
-        (true, false) | (false, true) => f64::INFINITY,
-        // Equal values, including equal infinities (whose difference is NaN).
-        _ if x == y => 0.0,
-        _ => (f64::from(x) - f64::from(y)).abs(),
-    }
-}
+// The NaN-aware differences, shared with the CLI and the Python package
+// (each test binary uses some of them).
+#[allow(unused_imports)]
+pub use repconv::compare::{abs_diff, check_matches, max_abs_diff};
 
 /// The largest `|v[i]|`, or NaN if any value is NaN (so a tolerance scaled
 /// by it fails every comparison instead of silently ignoring the NaN).
