@@ -46,10 +46,18 @@
  * handle (repconv_conv_set_threads / repconv_net_set_threads with
  * n = 1..1024); the calling thread waits while the pool works. For one ISA,
  * results are bitwise identical for any thread count. Forward passes,
- * queries and *_set_threads may run concurrently on one handle from any
- * number of threads (a network keeps one workspace per concurrent pass, so
- * passes never wait for each other; a pass finishes on the pool it started
- * on); only *_destroy needs the handle to itself.
+ * queries, *_set_threads and *_set_precision may run concurrently on one
+ * handle from any number of threads (a network keeps one workspace per
+ * concurrent pass, so passes never wait for each other; a pass finishes on
+ * the pool and the weights it started with); only *_destroy needs the
+ * handle to itself.
+ *
+ * PRECISION. "f32" (the default) or "bf16" (repconv_conv_set_precision /
+ * repconv_net_set_precision): bf16 rounds the weights and inputs of the 1x1
+ * and dense 3x3 convolutions to bfloat16 and keeps sums, bias, activation
+ * and outputs in f32. It needs a CPU with AVX512_BF16 and the avx512 ISA
+ * (REPCONV_ERR_PRECISION otherwise; REPCONV_BF16=emulated runs a slow
+ * software model instead).
  */
 
 #ifndef REPCONV_H
@@ -564,7 +572,7 @@ int repconv_net_isa(const struct repconv_net *net,
 /**
  * Sets the precision of the network's forward passes, as
  * `repconv_conv_set_precision`: "f32" (the default) or "bf16", in which
- * every convolution the library has a bf16 kernel for (the 1x1 layers,
+ * every convolution the library has a bf16 kernel for (the 1x1 and dense 3x3 layers,
  * about 90% of the FLOPs) rounds its weights and inputs to bfloat16 and
  * sums in f32, while the other layers, squeeze-excitation, pooling and the
  * classifier stay f32; the logits are f32 either way. "bf16" needs the
