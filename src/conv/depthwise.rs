@@ -8,7 +8,7 @@ use super::frame::{Call, Split, for_each_chunk, largest_divisor_at_most};
 use crate::scratch::with_panel;
 
 /// Channels per task of a depthwise 3x3 layer: one chunk per thread (more
-/// made a fork-join weigh on layers of a few µs), of at least ~64 KiB of
+/// make a fork-join's overhead weigh on short layers), of at least ~64 KiB of
 /// output, and a divisor of `c` so chunks tile each image.
 fn dw3x3_chunk(n: usize, c: usize, plane_out: usize, parallel: bool) -> usize {
     if !parallel {

@@ -695,8 +695,7 @@ impl MobileOne {
         })?;
         // The rest one image at a time, each layer split across the threads.
         // Whole images, not whole layers over the batch: one image's
-        // activations stay in the caches (S0, batch 32, one thread, Zen 5:
-        // 106 ms layer by layer over the batch, 82 ms image by image).
+        // activations stay in the caches (numbers in docs/experiments.md).
         for (xi, fi) in x_rest.chunks_exact(image).zip(f_rest.chunks_exact_mut(f)) {
             self.image_features(TensorView::new([1, c, h, w], xi)?, fi, act_len, ws)?;
         }
@@ -729,13 +728,10 @@ impl MobileOne {
         let Workspace { act: [a, b], scratch, .. } = ws;
         let (mut src, mut dst) = (a.get(act_len)?, b.get(act_len)?);
 
-        // When this thread runs every layer alone, the next block's weights
-        // are prefetched while the current block computes: the ~8 MB of
-        // weights a pass reads do not stay in a core's caches (fused, one
-        // thread, interleaved A/B runs: S1 4-11% faster, S0 -1 to +5%).
-        // With layers split across two threads it cost 5% (the other
-        // thread's half of the weights lands in this core's L2), so it is off
-        // there; whole images per thread (a batch) keep it.
+        // The next block's weights are prefetched only while this thread runs
+        // every layer (one thread, or a batch's image): a pass's ~8 MB of
+        // weights leave the caches, and with layers split across threads the
+        // other thread's half would land in this core's L2 (docs/experiments.md).
         let prefetch = !crate::parallel::may_fork();
         if prefetch && let Some(first) = self.stages.iter().flatten().next() {
             first.prefetch_weights();

@@ -185,9 +185,8 @@ pub(crate) fn conv1x1_tile<V: Vector, const MR: usize, const NRV: usize, A: Act,
 /// (the same floats the tile broadcasts) times each extra column's value.
 /// A layer whose last columns are `RC <= 4` past a whole tile (14x14 and 7x7
 /// planes) computes them here, while the weights are in registers, instead of
-/// in a second pass that read every block's weights again from L2 or L3 for
-/// one FMA per weight (Zen 5, AVX-512, 512 -> 1280 channels on 7x7: that pass
-/// was 11% of the layer).
+/// in a second pass that reads every block's weights again from L2 or L3 for
+/// one FMA per weight (numbers in docs/experiments.md).
 ///
 /// One accumulator per extra column, so its sum is `bias + Σ_kk` in `kk`
 /// order, fused. Needs `MR == G::LANES` (an `MR`-row vector of `G`) when

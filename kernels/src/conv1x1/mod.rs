@@ -216,9 +216,8 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
     // straight from `b` (they are in bounds), the last few columns as a
     // matrix-vector product along the channels, instead of a whole vector
     // per row for one to four useful lanes. It runs block by block right
-    // after the last full tile, while the block's weights are still in L1/L2:
-    // a separate pass read all the weights again from L3 (512 -> 1280
-    // channels on 7x7, one tail column: the pass cost 8% of the layer).
+    // after the last full tile, while the block's weights are still in L1/L2,
+    // not as a pass that reads all the weights again (docs/experiments.md).
     let gemv_tail = tail > 0 && tail % lanes <= GEMV_MAX_COLS;
     let last_full = (gemv_tail && full_end > 0).then(|| full_end - nr);
 
@@ -228,9 +227,9 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
         let col0 = full_end + nv * lanes;
         // With 32 registers the last full tile of each whole block computes
         // the GEMV columns too ([`conv1x1_tile_plus`]); other blocks run the
-        // GEMV on its own, over a `k x r` panel of the columns: read in
-        // place, every row block fetched them again, one cache line per
-        // reduction step (512 -> 1280 channels on 7x7: 285 -> 269 µs).
+        // GEMV on its own, over a `k x r` panel of the columns, copied once so
+        // that row blocks do not fetch a cache line per reduction step each
+        // (docs/experiments.md).
         let fuse =
             last_full.is_some() && V::REGISTERS >= 32 && <V::V8 as Vector>::LANES == MR && r > 0;
         if r > 0 && !(fuse && m.is_multiple_of(MR)) {
@@ -257,8 +256,8 @@ fn drive<V: Vector, const MR: usize, const NRV: usize, A: Act, R: Rows>(
     let main_end = last_full.unwrap_or(full_end);
     // LOOP 1: full column tiles of NR pixels; LOOP 2: the row blocks over
     // one column panel of B (it stays in L1/L2 across blocks). Row blocks
-    // outside the column tiles when all of B fits in L2 (each block's weights
-    // read once) measured no faster, on layers or on the networks.
+    // outside the column tiles gained nothing, even with all of B in L2
+    // (docs/experiments.md).
     for n0 in (0..main_end).step_by(nr) {
         for blk in 0..blocks {
             full_tile::<V, MR, NRV, A, R>(&t, packed, c, n0, blk);

@@ -43,9 +43,9 @@ use crate::act::Act;
 use crate::isa::Vector;
 use crate::lanes::Lanes;
 
-/// Vectors per step of the main loop. Benchmarks on Zen 5 (AVX-512): 4 keeps
-/// 12 accumulator chains in flight (enough for the FMA latency) and leaves
-/// registers for the 10 weights.
+/// Vectors per step of the main loop: 4 keeps 12 accumulator chains in
+/// flight (enough for the FMA latency) and leaves registers for the 10
+/// weights (chosen by benchmark: docs/experiments.md).
 pub const U: usize = 4;
 
 /// Computes `N` vectors of flat outputs `out[o0 + u*LANES ..]` from the

@@ -13,17 +13,16 @@
 //! `c`'s in the low half, `c + 1`'s in the high half.
 //!
 //! One vector per output row instead of a 7-lane vector per row and channel,
-//! and no per-plane copy, masks table or tail: 7x7 planes ran at 45 GFLOP/s
-//! through the flat stride-1 kernel and at 46 through stride 2's two-rows
-//! layout, whose vectors could share no input row; 70-74 and 60-64 here
-//! (Zen 5, AVX-512, 1 thread).
+//! and no per-plane copy, masks table or tail, which is faster than the flat
+//! stride-1 kernel and stride 2's two-rows layout, whose vectors could share
+//! no input row (numbers in docs/experiments.md).
 //!
 //! Horizontal padding: the left taps are the previous column's taps moved
 //! one lane up (the centre taps at stride 1, the right taps at stride 2),
 //! with a zero entering each half's lane 0; a lane mask clears the right tap
 //! of the last column when it lies past the row (lanes past the row read the
 //! next row, or zeros at the end of the input). Vertical padding rows are
-//! zero taps. Zero-masked loads instead of the mask measured 15% slower.
+//! zero taps. The mask beats zero-masked loads (docs/experiments.md).
 //!
 //! Each half is stored with a store of its first `ow` lanes (a masked store
 //! on AVX-512), so no store touches another row or channel. Each output is
@@ -38,11 +37,9 @@ use crate::isa::Vector;
 
 /// Whether planes of width `w` at `stride` run through [`dw3x3_pairs`]:
 /// output rows of at most half a vector (the input row then fits in one
-/// vector), on an ISA whose lane permute is one instruction. Measured
-/// (GFLOP/s, this kernel vs the one it replaces, 1 thread, Zen 5): AVX-512
-/// 7x7 stride 1 70-75 vs 45-47, 4x4 39 vs 28, 3x3 27 vs 16, 14x14 stride 2
-/// 62-64 vs 46, 8x8 stride 2 34 vs 26; AVX2 (three instructions per permute)
-/// 0.9x the flat and two-row kernels, so it keeps them.
+/// vector), on an ISA whose lane permute is one instruction: with AVX-512 it
+/// beats the flat and two-row kernels, with AVX2 (three instructions per
+/// permute) it does not (docs/experiments.md).
 #[inline(always)]
 pub(super) fn chosen<V: Vector>(w: usize, stride: usize) -> bool {
     V::ONE_INSTRUCTION_PICK2 && out_dim(w, stride) <= V::LANES / 2
@@ -106,11 +103,19 @@ pub(super) fn dw3x3_pairs<V: Vector, A: Act>(stride: usize, args: Dw3x3Args<'_>)
             *kt = V::pick2(V::splat(lo), V::splat(hi), px.halves);
         }
         let planes = Planes { a: c * hw, b: two.then_some((c + 1) * hw), w };
-        // The stride, the right-tap mask and the pairing as constants: with
-        // them tested at run time in every row, the flag loads and branches
-        // outnumbered the FMAs (Zen 5, 1 thread, 14x14 stride 2: 61 -> 68-69 GFLOP/s; 7x7
-        // stride 1: 73-74 -> 77-79).
-        let rows = (&w9, &px, input, &planes, [h, ow], &mut *output, c * ohw);
+        // The stride, the right-tap mask and the pairing as constants: tested
+        // at run time in every row, their flag loads and branches outnumbered
+        // the FMAs (docs/experiments.md).
+        let rows = PairRows {
+            w9: &w9,
+            pairs: &px,
+            input,
+            planes: &planes,
+            h,
+            ow,
+            out: &mut *output,
+            out_off: c * ohw,
+        };
         match (stride, px.mask_r.is_some(), two) {
             (1, _, true) => pair_rows::<V, A, 1, true, true>(rows),
             (1, _, false) => pair_rows::<V, A, 1, true, false>(rows),
@@ -122,17 +127,26 @@ pub(super) fn dw3x3_pairs<V: Vector, A: Act>(stride: usize, args: Dw3x3Args<'_>)
     }
 }
 
-/// What [`pair_rows`] reads and writes: weights, permutes, the input, the
-/// two planes, `[h, ow]`, the output and the first output plane's offset.
-type PairRows<'a, V> = (
-    &'a [V; PACKED_PER_CHANNEL],
-    &'a Pairs<V>,
-    &'a [f32],
-    &'a Planes,
-    [usize; 2],
-    &'a mut [f32],
-    usize,
-);
+/// What [`pair_rows`] reads and writes for one channel pair.
+struct PairRows<'a, V: Vector> {
+    /// Both channels' splatted `[bias, w0..w8]`: channel `c` in the low
+    /// half of each vector, `c + 1` in the high half.
+    w9: &'a [V; PACKED_PER_CHANNEL],
+    /// The permutes and masks of the plane geometry.
+    pairs: &'a Pairs<V>,
+    /// The whole input (every channel's plane).
+    input: &'a [f32],
+    /// Where the two channels' input planes start, and their row stride.
+    planes: &'a Planes,
+    /// Input plane height.
+    h: usize,
+    /// Output row width (at most half a vector).
+    ow: usize,
+    /// The whole output (every channel's plane).
+    out: &'a mut [f32],
+    /// Index of channel `c`'s output plane in `out`; `c + 1`'s follows it.
+    out_off: usize,
+}
 
 /// Where the two channels' input planes start (`b` is `None` for a last,
 /// unpaired channel, whose high half computes on zeros and is not stored).
@@ -176,8 +190,7 @@ fn add<V: Vector>(w9: &[V; PACKED_PER_CHANNEL], ky: usize, t: RowTaps<V>, acc: &
 
 /// Stores output row `oy` of both channels (their planes `ohw` apart from
 /// `ob`): the first `ow` lanes of each half, the high half with one masked
-/// store and no permute (a permute down first cost 3% of the 14x14 stride-2
-/// layers' time).
+/// store and no permute (a permute down first was slower: docs/experiments.md).
 #[inline(always)]
 fn store_row<V: Vector>(
     v: V,
@@ -204,17 +217,18 @@ fn store_row<V: Vector>(
 /// stride 2: one).
 #[inline(always)]
 fn pair_rows<V: Vector, A: Act, const S: usize, const MASK: bool, const TWO: bool>(
-    (w9, px, input, planes, [h, ow], out, ob): PairRows<'_, V>,
+    rows: PairRows<'_, V>,
 ) {
+    let PairRows { w9, pairs, input, planes, h, ow, out, out_off } = rows;
     let zero = (V::zero(), V::zero(), V::zero());
     let oh = out_dim(h, S);
     // Taps of rows S*oy - 1 and (at stride 1) S*oy, carried over.
     let mut above = zero;
-    let mut next = if S == 1 { taps::<V, S, MASK, TWO>(px, input, planes, 0) } else { zero };
+    let mut next = if S == 1 { taps::<V, S, MASK, TWO>(pairs, input, planes, 0) } else { zero };
     for oy in 0..oh {
-        let cur = if S == 1 { next } else { taps::<V, S, MASK, TWO>(px, input, planes, S * oy) };
+        let cur = if S == 1 { next } else { taps::<V, S, MASK, TWO>(pairs, input, planes, S * oy) };
         let below = if S * oy + 1 < h {
-            taps::<V, S, MASK, TWO>(px, input, planes, S * oy + 1)
+            taps::<V, S, MASK, TWO>(pairs, input, planes, S * oy + 1)
         } else {
             zero
         };
@@ -222,7 +236,7 @@ fn pair_rows<V: Vector, A: Act, const S: usize, const MASK: bool, const TWO: boo
         add(w9, 0, above, &mut acc);
         add(w9, 1, cur, &mut acc);
         add(w9, 2, below, &mut acc);
-        store_row(finish::<V, A>(acc), out, ob, oh * ow, oy, ow, TWO);
+        store_row(finish::<V, A>(acc), out, out_off, oh * ow, oy, ow, TWO);
         above = if S == 1 { cur } else { below };
         next = below;
     }

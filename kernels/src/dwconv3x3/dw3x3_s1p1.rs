@@ -26,9 +26,9 @@
 //! of the outer kernel rows (`ky = 0, 2`) go to a second set that starts at
 //! zero and is added before the activation: `A((bias + Σ_{ky=1}) + Σ_{ky≠1})`.
 //! One chain of 9 dependent FMAs per output vector becomes chains of 3 and 6,
-//! and FMA latency stops bounding the band (Zen 5, AVX-512, 1 thread: 95-113
-//! to 110-130 GFLOP/s on 14x14 to 112x112 planes). With 16 registers (AVX2,
-//! SSE2) the second set would spill, so those ISAs keep one chain.
+//! and FMA latency stops bounding the band (docs/experiments.md). With 16
+//! registers (AVX2, SSE2) the second set would spill, so those ISAs keep one
+//! chain.
 //!
 //! Horizontal padding: on the vectors that touch a plane edge (`EDGE`, a
 //! compile-time bit set), `mask_l` / `mask_r` are bit masks (all-ones or zero per
@@ -58,13 +58,6 @@ pub(crate) const EDGE_LEFT: u8 = 1;
 /// `EDGE` bit: the vector holds column `w-1`, so its right taps are masked.
 pub(crate) const EDGE_RIGHT: u8 = 2;
 
-/// Computes one `R x LANES` output block; see the module docs.
-///
-/// `in_off` is the index of `in[oy0][ox0]`, `w` the input row stride,
-/// `out_off` the index of `out[oy0][ox0]` and `ow` the output row stride.
-///
-/// # Panics
-/// If any of the preconditions in the module docs does not hold.
 /// What one band of the stride-1 kernel reads and where it writes: the
 /// channel's splatted `[bias, w0..w8]`, the input plane from `in_off` (rows
 /// `w` apart), the two edge-column lane masks, and the output from `out_off`
@@ -81,6 +74,13 @@ pub(crate) struct Band<'a, V> {
     pub(crate) ow: usize,
 }
 
+/// Computes one `R x LANES` output block; see the module docs.
+///
+/// `in_off` is the index of `in[oy0][ox0]`, `w` the input row stride,
+/// `out_off` the index of `out[oy0][ox0]` and `ow` the output row stride.
+///
+/// # Panics
+/// If any of the preconditions in the module docs does not hold.
 #[inline(always)]
 pub(crate) fn dw3x3_s1p1_band<
     V: Vector,

@@ -16,8 +16,8 @@
 //!   row; a column of vectors runs top to bottom, and the taps of the input
 //!   row between two output rows are carried from one to the next, so every
 //!   input row is loaded and permuted once (2 input rows per output vector,
-//!   not 3). A simple loop with three accumulators measured 1.5-3x faster
-//!   than unrolling 4 output rows per step, which spilled registers.
+//!   not 3). A simple loop with three accumulators, because unrolling 4
+//!   output rows per step spilled registers (docs/experiments.md).
 //! - **pairs** (`2*ow <= LANES`, e.g. 7x7 outputs with 16 lanes): one vector
 //!   covers two whole output rows, lanes `0..ow` and `ow..2ow`, so it is
 //!   the next `2*ow` outputs of the flat plane. The permutes pick the first
@@ -100,9 +100,9 @@ fn tail_copy(s: &[f32], i: usize, n: usize) -> [f32; MAX_LANES] {
 }
 
 /// `LANES` floats at `s[i..]`, zero past the end of `s`. The in-bounds path
-/// skips the slice's own bounds check after this one: with checked loads and
-/// stores ([`Lanes::load`], [`Lanes::store`]) the stride-2 kernel measured
-/// 36-52 GFLOP/s instead of 61-80 (Zen 5, AVX-512, 1 thread).
+/// skips the slice's own bounds check after this one: checked loads and
+/// stores ([`Lanes::load`], [`Lanes::store`]) cost the kernel over a third of
+/// its speed (docs/experiments.md).
 #[inline(always)]
 pub(super) fn load_row<V: Vector>(s: &[f32], i: usize) -> V {
     if i + V::LANES <= s.len() {
@@ -165,13 +165,22 @@ pub(super) fn dw3x3_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>) {
                 let ox0 = (j * V::LANES).min(ow.saturating_sub(V::LANES));
                 // With odd w the last column's right tap is column w: padding.
                 // The mask as a constant: an `and` with all ones in every
-                // other column cost two FP-pipe operations of ~20 per output
-                // vector (Zen 5, 1 thread, 28x28 outputs: AVX-512 77-78 -> 81-82 GFLOP/s,
-                // AVX2 39-41 -> 44).
+                // other column costs two FP-pipe operations of ~20 per output
+                // vector (docs/experiments.md).
                 let masked = odd_w && j + 1 == ncol;
                 let mask_r = if masked { lane_mask(|i| ox0 + i + 1 == ow) } else { ones };
                 let col = Col { ox0, mask_r };
-                let args = (&w9, &idx, &col, input, c * hw, [h, w], &mut *output, c * ohw);
+                let args = ColumnArgs {
+                    w9: &w9,
+                    idx: &idx,
+                    col: &col,
+                    input,
+                    in_off: c * hw,
+                    h,
+                    w,
+                    out: &mut *output,
+                    out_off: c * ohw,
+                };
                 if masked {
                     rows_column::<V, A, true>(args)
                 } else {
@@ -182,11 +191,27 @@ pub(super) fn dw3x3_s2<V: Vector, A: Act>(args: Dw3x3Args<'_>) {
     }
 }
 
-/// What [`rows_column`] reads and writes: the channel's weights, the
-/// permutes, the column, the input and its plane's offset, `[h, w]`, the
-/// output and its plane's offset.
-type ColumnArgs<'a, V> =
-    (&'a Weights, &'a RowIdx<V>, &'a Col<V>, &'a [f32], usize, [usize; 2], &'a mut [f32], usize);
+/// What [`rows_column`] reads and writes for one column vector of one plane.
+struct ColumnArgs<'a, V: Vector> {
+    /// The channel's packed `[bias, w0..w8]`.
+    w9: &'a Weights,
+    /// The three permutes of the rows layout.
+    idx: &'a RowIdx<V>,
+    /// The column vector: its first output column and right-tap mask.
+    col: &'a Col<V>,
+    /// The whole input (every channel's plane).
+    input: &'a [f32],
+    /// Index of the channel's input plane in `input`.
+    in_off: usize,
+    /// Input plane height.
+    h: usize,
+    /// Input plane width (the row stride of `input`).
+    w: usize,
+    /// The whole output (every channel's plane).
+    out: &'a mut [f32],
+    /// Index of the channel's output plane in `out`.
+    out_off: usize,
+}
 
 /// One column vector of the rows layout.
 struct Col<V> {
@@ -249,9 +274,8 @@ fn store_out<V: Vector>(v: V, out: &mut [f32], o: usize) {
 /// `2(oy+1)-1` of the next output row, so its taps are carried over and every
 /// input row is loaded and permuted once.
 #[inline(always)]
-fn rows_column<V: Vector, A: Act, const MASK: bool>(
-    (w9, idx, col, input, ib, [h, w], out, ob): ColumnArgs<'_, V>,
-) {
+fn rows_column<V: Vector, A: Act, const MASK: bool>(args: ColumnArgs<'_, V>) {
+    let ColumnArgs { w9, idx, col, input, in_off, h, w, out, out_off } = args;
     let ow = out_dim(w, 2);
     let oh = out_dim(h, 2);
     let zero = (V::zero(), V::zero(), V::zero());
@@ -260,14 +284,14 @@ fn rows_column<V: Vector, A: Act, const MASK: bool>(
     for oy in 0..oh {
         let mut acc = (V::zero(), V::splat(w9[0]), V::zero());
         add_row(w9, 0, above, &mut acc);
-        add_row(w9, 1, row_taps::<V, MASK>(idx, col, input, ib, w, 2 * oy), &mut acc);
+        add_row(w9, 1, row_taps::<V, MASK>(idx, col, input, in_off, w, 2 * oy), &mut acc);
         above = if 2 * oy + 1 < h {
-            row_taps::<V, MASK>(idx, col, input, ib, w, 2 * oy + 1)
+            row_taps::<V, MASK>(idx, col, input, in_off, w, 2 * oy + 1)
         } else {
             zero
         };
         add_row(w9, 2, above, &mut acc);
-        store_out(finish::<V, A>(acc), out, ob + oy * ow + col.ox0);
+        store_out(finish::<V, A>(acc), out, out_off + oy * ow + col.ox0);
     }
 }
 

@@ -71,8 +71,7 @@ use crate::lanes::Lanes;
 /// vectors, twice as many with split accumulators). 7 tiles 14, 28, 56 and
 /// 112 rows exactly and leaves AVX-512 room for the split (2 * 7 + 15 of 32
 /// registers). The portable `f32x8` has 8 registers' worth on SSE2, where 7
-/// rows spilled: 4 rows measured 1.2-1.5x faster (Zen 5, 1 thread, 14x14 to
-/// 56x56 planes), while AVX2 was fastest with 7.
+/// rows spill and 4 are faster; AVX2 is fastest with 7 (docs/experiments.md).
 #[inline(always)]
 fn r_max<V: Vector>() -> usize {
     s1_rows(V::REGISTERS)
@@ -149,10 +148,10 @@ fn scratch_len_of<V: Vector>(h: usize, w: usize, stride: usize) -> Option<usize>
 }
 
 /// Whether the flat kernel ([`dw3x3_flat`]) runs stride-1 planes of width
-/// `w`: planes of at most half a vector. Measured on Zen 5 (AVX-512, 1 thread, GFLOP/s, row vs flat):
-/// w = 7: 19 vs 25-31; w = 14: 48-66 vs 35; w = 28: 60 vs 45; w = 112: 63 vs
-/// 35 — the row kernel shares each loaded input row among 3 output rows
-/// (3.75 loads per output vector), the flat one needs 9 + 2 mask loads.
+/// `w`: planes of at most half a vector. On wider planes the row kernel is
+/// faster (docs/experiments.md): it shares each loaded input row among 3
+/// output rows (3.75 loads per output vector), the flat one needs 9 + 2 mask
+/// loads.
 fn uses_flat<V: Vector>(w: usize) -> bool {
     w <= V::LANES / 2
 }

@@ -86,9 +86,8 @@ impl Vector for VP {
     }
     #[inline(always)]
     fn pick2(a: Self, b: Self, idx: u32x8) -> Self {
-        // Lane by lane through arrays: `wide`'s runtime two-vector shuffle
-        // measured 4.7x slower in the depthwise stride-2 kernel on SSE2
-        // (4.6 vs 21-22 GFLOP/s; 8x8 planes 0.2 vs 5.6).
+        // Lane by lane through arrays, which is far faster on SSE2 than
+        // `wide`'s runtime two-vector shuffle (numbers in docs/experiments.md).
         let (a, b, idx) = (a.0.to_array(), b.0.to_array(), idx.to_array());
         VP(f32x8::new(core::array::from_fn(|j| {
             let i = idx[j] as usize % 16;

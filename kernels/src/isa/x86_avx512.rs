@@ -8,8 +8,8 @@
 //!
 //! VL matters beyond its instructions: it lets 256-bit code (the GEMV tail
 //! of the 1x1 kernel, which vectorises over 8 output channels) use all 32
-//! vector registers instead of 16; without it that tail spilled and the
-//! 14x14 1x1 layers ran 8-10% slower than a `target-cpu=native` build.
+//! vector registers instead of 16; without it that tail spills (numbers in
+//! docs/experiments.md).
 
 use core::arch::x86_64::*;
 
