@@ -123,10 +123,12 @@ fn every_bf16_registry_entry_runs_and_matches() {
     for (i, k) in entries.iter().enumerate() {
         let (p, shape) = match k.op {
             Op::Conv1x1 => (Conv2dParams::new(19, 17, [1, 1]), [2, 19, 7, 9]),
-            Op::Conv3x3S1 => (Conv2dParams::new(5, 10, [3, 3]).with_padding([1, 1]), [1, 5, 9, 13]),
+            Op::Conv3x3S1 => {
+                (Conv2dParams::new(17, 10, [3, 3]).with_padding([1, 1]), [1, 17, 9, 13])
+            }
             Op::Conv3x3S2 => (
-                Conv2dParams::new(3, 9, [3, 3]).with_padding([1, 1]).with_stride([2, 2]),
-                [2, 3, 15, 22],
+                Conv2dParams::new(16, 9, [3, 3]).with_padding([1, 1]).with_stride([2, 2]),
+                [2, 16, 15, 22],
             ),
             op => panic!("{}: no bf16 case for {op:?}", k.name),
         };

@@ -53,9 +53,10 @@
  * handle to itself.
  *
  * PRECISION. "f32" (the default) or "bf16" (repconv_conv_set_precision /
- * repconv_net_set_precision): bf16 rounds the weights and inputs of the 1x1
- * and dense 3x3 convolutions to bfloat16 and keeps sums, bias, activation
- * and outputs in f32. It needs a CPU with AVX512_BF16 and the avx512 ISA
+ * repconv_net_set_precision): bf16 rounds the weights and inputs of the
+ * convolutions that have a bf16 kernel (1x1, and dense 3x3 of 16 to 4096
+ * input channels; a network's stem stays f32) to bfloat16 and keeps sums,
+ * bias, activation and outputs in f32. It needs a CPU with AVX512_BF16 and the avx512 ISA
  * (REPCONV_ERR_PRECISION otherwise; REPCONV_BF16=emulated runs a slow
  * software model instead).
  */
@@ -572,7 +573,7 @@ int repconv_net_isa(const struct repconv_net *net,
 /**
  * Sets the precision of the network's forward passes, as
  * `repconv_conv_set_precision`: "f32" (the default) or "bf16", in which
- * every convolution the library has a bf16 kernel for (the 1x1 and dense 3x3 layers,
+ * every convolution the library has a bf16 kernel for (the 1x1 layers; the stem stays f32;
  * about 90% of the FLOPs) rounds its weights and inputs to bfloat16 and
  * sums in f32, while the other layers, squeeze-excitation, pooling and the
  * classifier stay f32; the logits are f32 either way. "bf16" needs the

@@ -327,7 +327,7 @@ pub unsafe extern "C" fn repconv_net_isa(net: *const Net, name: *mut *const c_ch
 
 /// Sets the precision of the network's forward passes, as
 /// `repconv_conv_set_precision`: "f32" (the default) or "bf16", in which
-/// every convolution the library has a bf16 kernel for (the 1x1 and dense 3x3 layers,
+/// every convolution the library has a bf16 kernel for (the 1x1 layers; the stem stays f32;
 /// about 90% of the FLOPs) rounds its weights and inputs to bfloat16 and
 /// sums in f32, while the other layers, squeeze-excitation, pooling and the
 /// classifier stay f32; the logits are f32 either way. "bf16" needs the

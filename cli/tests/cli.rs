@@ -514,6 +514,7 @@ fn cli_main_job_reports_bf16_or_why_not() {
     assert_eq!(b["implementation"], implementation, "{r}");
     assert_eq!(b["emulated"], implementation == "emulated", "{r}");
     assert_eq!(b["kernel"], format!("conv1x1_bf16_8x48__{implementation}"), "{r}");
+    // The stem stays f32: every bf16 convolution of S0 is a 1x1.
     let (n, convs) = (b["bf16_convs"].as_u64().unwrap(), b["convs"].as_u64().unwrap());
     assert!(0 < n && n < convs, "{r}");
     assert_eq!(b["runs"], 1);
