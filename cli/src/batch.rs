@@ -81,9 +81,9 @@ pub fn run(args: &BatchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cpu = crate::machine::cpu_description();
     let config = MobileOneConfig::variant(args.variant);
     let precision = args.precision.precision();
-    let fused = MobileOne::random(config, 0)?
+    // `random_on`: an explicit --isa never consults REPCONV_ISA.
+    let fused = MobileOne::random_on(config, 0, isa)?
         .reparameterize()?
-        .with_isa(isa)?
         .with_precision(precision)
         .map_err(|e| format!("batch --precision {}: {e}", precision.name()))?;
     let bf16 = precision::bf16_layers(&fused).isa;

@@ -99,9 +99,9 @@ fn measure(
     let params = layer.params();
     let (weights, bias, input) = layer.example_data()?;
     let choice = if args.general { KernelChoice::General } else { KernelChoice::Auto };
-    let conv = Conv2d::with_choice(params, &weights, Some(&bias), Activation::Relu, choice)?
-        .with_isa(isa)?
-        .with_precision(args.precision.precision())?;
+    let conv =
+        Conv2d::with_choice_on(params, &weights, Some(&bias), Activation::Relu, choice, isa)?
+            .with_precision(args.precision.precision())?;
     let shape = layer.input_shape();
     let mut output = Tensor::zeros(conv.output_shape(shape)?)?;
     let flops = params.flops(shape)? as f64;

@@ -114,7 +114,7 @@ pub fn run(args: &MainArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = MobileOneConfig::variant(args.variant);
     let isa = chosen_isa(args.isa.as_deref())?;
     let (multi, fused, bf16, x) = pool.install(|| -> Result<_, repconv::Error> {
-        let multi = MobileOne::random(config, args.seed)?.with_isa(isa)?;
+        let multi = MobileOne::random_on(config, args.seed, isa)?;
         let fused = multi.reparameterize()?;
         // The fused network in bf16, or why not (any other error is one).
         let bf16 = match fused.clone().with_precision(Precision::Bf16) {

@@ -36,9 +36,9 @@ impl PrecisionArg {
 /// `REPCONV_BF16=emulated`), or the library's [`repconv::Error::Precision`]
 /// saying why bf16 cannot run.
 pub fn bf16_on(isa: Isa) -> repconv::Result<Bf16Isa> {
-    let probe = Conv2d::new(Conv2dParams::new(8, 8, [1, 1]), &[0.0; 64], None, Activation::None)?
-        .with_isa(isa)?
-        .with_precision(Precision::Bf16)?;
+    let probe =
+        Conv2d::new_on(Conv2dParams::new(8, 8, [1, 1]), &[0.0; 64], None, Activation::None, isa)?
+            .with_precision(Precision::Bf16)?;
     probe.plan().bf16().ok_or_else(|| repconv::Error::Precision {
         reason: format!("bf16: no bf16 kernel for a 1x1 convolution on {isa}"),
     })

@@ -353,9 +353,10 @@ mod tests {
         for k in kernels() {
             let suffix = match k.precision {
                 Precision::F32 => format!("_{}x{}__{}", k.mr, k.nr, k.isa),
-                Precision::Bf16 => format!("_bf16_{}x{}__{}bf16", k.mr, k.nr, k.isa),
+                Precision::Bf16 => format!("_{}x{}__{}bf16", k.mr, k.nr, k.isa),
             };
             assert!(k.name.ends_with(&suffix), "{}", k.name);
+            assert_eq!(k.name.contains("_bf16_"), k.precision == Precision::Bf16, "{}", k.name);
         }
         let names: std::collections::HashSet<_> = kernels().iter().map(|k| k.name).collect();
         assert_eq!(names.len(), kernels().len(), "names are unique");

@@ -186,11 +186,12 @@ impl Conv2d {
         let precision = self::precision(precision)?;
         let activation = self::activation(activation)?;
         let threads = Threads::new(count(threads, "threads")?)?;
-        let mut conv = repconv_rs::Conv2d::new(params, &w, bias.as_deref(), activation)
-            .map_err(errors::lib)?;
-        if let Some(isa) = isa {
-            conv = conv.with_isa(isa).map_err(errors::lib)?;
+        // An explicit isa never consults REPCONV_ISA (`new_on`).
+        let conv = match isa {
+            Some(isa) => repconv_rs::Conv2d::new_on(params, &w, bias.as_deref(), activation, isa),
+            None => repconv_rs::Conv2d::new(params, &w, bias.as_deref(), activation),
         }
+        .map_err(errors::lib)?;
         let conv = conv.with_precision(precision).map_err(errors::lib)?;
         Ok(Conv2d { conv, threads })
     }

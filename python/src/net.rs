@@ -144,11 +144,13 @@ impl MobileOne {
         precision: Option<&str>,
     ) -> PyResult<MobileOne> {
         let threads = count(threads, "threads")?;
-        // Checked before the file is read.
+        // Checked before the file is read; an explicit isa never consults
+        // REPCONV_ISA.
         self::precision(precision)?;
+        let options = LoadOptions::default().with_isa(self::isa(isa)?);
         let net = py.detach(|| -> PyResult<_> {
             let bytes = read_checkpoint(&path)?;
-            weights::load_bytes(&bytes, &LoadOptions::default()).map_err(errors::load)
+            weights::load_bytes(&bytes, &options).map_err(errors::load)
         })?;
         MobileOne::new(net, isa, threads, precision)
     }
@@ -188,9 +190,10 @@ impl MobileOne {
             let (shape, data) = array::to_f32_vec(&value, &format!("state_dict[{name:?}]"))?;
             tensors.push(NamedTensor { name, shape, data });
         }
+        let options = LoadOptions::default().with_isa(self::isa(isa)?);
         let net = py.detach(|| -> repconv_rs::Result<_> {
             let bytes = weights::tensors_to_bytes(&tensors)?;
-            weights::load_bytes(&bytes, &LoadOptions::default())
+            weights::load_bytes(&bytes, &options)
         });
         MobileOne::new(net.map_err(errors::load)?, isa, threads, precision)
     }

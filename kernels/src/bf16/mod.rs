@@ -57,6 +57,7 @@ pub mod conv3x3;
 mod convert;
 mod microkernel;
 pub mod peak;
+mod scalar;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;

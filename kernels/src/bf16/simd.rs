@@ -8,7 +8,7 @@
 //! compiles to that ISA's instructions. Only [`super::dispatch`] picks the
 //! implementation.
 
-use super::convert::f32_to_bf16;
+use super::scalar::f32_to_bf16;
 
 /// Sixteen f32 lanes (`F`) and sixteen dwords of bf16 pairs (`P`), and the
 /// operations on them.
@@ -110,7 +110,7 @@ pub(crate) fn flush(x: f32) -> f32 {
 #[cfg(test)]
 #[inline(always)]
 pub(crate) fn dot_lane(acc: f32, a: u32, b: u32) -> f32 {
-    use super::convert::bf16_to_f32;
+    use super::scalar::bf16_to_f32;
     let half = |x: u32, hi: bool| flush(bf16_to_f32(if hi { (x >> 16) as u16 } else { x as u16 }));
     let acc = flush(half(a, true).mul_add(half(b, true), flush(acc)));
     flush(half(a, false).mul_add(half(b, false), acc))
