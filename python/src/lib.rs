@@ -40,6 +40,7 @@ fn isa_default() -> PyResult<&'static str> {
 /// The Python module.
 #[pymodule(name = "repconv")]
 fn repconv_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    threads::bound_global_pool();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(isa_best, m)?)?;
     m.add_function(wrap_pyfunction!(isa_available, m)?)?;

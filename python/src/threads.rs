@@ -1,6 +1,7 @@
 //! A handle's worker threads: rayon's global pool (the default, shared by
-//! every handle left at 0) or a private pool of `n` threads its forward
-//! passes run inside while the calling thread waits.
+//! every handle left at 0, at most 1024 workers: [`bound_global_pool`]) or a
+//! private pool of `n` threads its forward passes run inside while the
+//! calling thread waits.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -8,8 +9,22 @@ use pyo3::prelude::*;
 
 use crate::errors::{Kind, raise};
 
-/// The largest private pool (as in the C API).
-const MAX_THREADS: usize = 1024;
+/// The largest pool, private or global (as in the C API).
+pub(crate) const MAX_THREADS: usize = 1024;
+
+/// Builds rayon's global pool (what handles left at 0 threads run on) before
+/// anything else can, with at most [`MAX_THREADS`] workers: RAYON_NUM_THREADS
+/// if it is a positive integer, else one per CPU. Unbounded,
+/// `RAYON_NUM_THREADS=100000` would start 100000 threads on the first pass.
+/// If another library built the global pool first, it keeps its size.
+pub(crate) fn bound_global_pool() {
+    let n = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n.min(MAX_THREADS)).build_global();
+}
 
 /// The threads of a `Conv2d` or `MobileOne`. Changing them while forward
 /// passes run is allowed: a pass keeps the pool it started with.

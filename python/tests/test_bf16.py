@@ -277,3 +277,4 @@ def test_bf16_network_logits_agree_with_f32(tmp_path, s0_io):
             print(f"{form} bf16 vs {what}: max |diff| {diff:.3e}, relative {rel:.3e}")
             assert 0 < rel <= BF16_REL_TOL, (form, what, rel)
             assert np.array_equal(got_bf16.argmax(1), want.argmax(1)), (form, what)
+

@@ -3,7 +3,10 @@ timing); inputs are read where they lie; forward passes release the GIL and
 give the same bits from many Python threads at once; the README's example
 runs."""
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -168,3 +171,27 @@ def test_readme_python_example_runs(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     exec(compile(blocks[0], "README.md", "exec"), {"__name__": "__readme__"})
     assert capsys.readouterr().out.strip()
+
+
+def test_global_pool_is_bounded_like_the_c_api():
+    """A handle left at 0 threads runs on rayon's global pool; the package
+    builds it at import with at most 1024 workers, so RAYON_NUM_THREADS=100000
+    no longer starts 100000 threads on the first pass (a small one is taken
+    as given)."""
+    def pool_size(value):
+        env = dict(os.environ)
+        env["RAYON_NUM_THREADS"] = value
+        code = (
+            "import numpy as np, repconv\n"
+            "w = np.ones((4, 4, 1, 1), np.float32)\n"
+            "c = repconv.Conv2d(w)\n"
+            "c(np.ones((1, 4, 2, 2), np.float32))\n"
+            "print(c.num_threads)\n"
+        )
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout.strip())
+
+    assert pool_size("3") == 3
+    assert pool_size("100000") == 1024
