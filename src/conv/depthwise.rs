@@ -29,7 +29,9 @@ pub(super) fn run_3x3(call: Call<'_>) {
     let per_task = dw3x3_chunk(n, c, plane_out, parallel);
     let x = input.as_slice();
     let isa = conv.plan.isa();
-    // Validated geometry: planes at least 1x1, stride 1 or 2.
+    // Validated geometry: planes at least 1x1, stride 1 or 2, and a plane of
+    // a tensor (at most MAX_ELEMENTS floats) is far below the 1/64 of the
+    // address space where scratch_len gives up: never None here.
     let scratch = dwconv3x3::scratch_len(isa, h, w, stride).expect("checked by the planner");
     let chunks_per_image = c / per_task;
     let task = |t: usize, yc: &mut [f32]| {

@@ -39,6 +39,8 @@ pub(super) fn run(call: Call<'_>) {
     let Call { conv, act, input, output, parallel } = call;
     let [_, cin, h, w] = input.shape();
     let [_, cout, oh, ow] = output.shape();
+    // Never Err: validate() checked the stride (1 or 2) and non-zero sizes,
+    // and the input exists, so its padded copy (at most ~9x its floats) fits.
     let geometry = Geometry::new(cin, h, w, conv.params.stride[0])
         .expect("Conv2dParams::validate checked the geometry");
     let isa = conv.plan.isa();
@@ -180,11 +182,12 @@ pub(super) fn run_bf16(call: Call<'_>) {
     let [_, cin, h, w] = input.shape();
     let [_, cout, oh, ow] = output.shape();
     let stride = conv.params.stride[0];
-    // A plan with a bf16 kernel has its bf16 implementation.
+    // Plan::with_precision picks a bf16 kernel only together with its
+    // Bf16Isa, and exec sends only such plans here: never None.
     let isa = conv.plan.bf16().expect("a bf16 plan");
     let block_len = ((cin * 9).div_ceil(2) + 1) * bf16::MR;
-    // Checked by the registry's predicate (cin <= 4096) and the validated
-    // geometry.
+    // Never None: the registry's predicate bounds cin (<= 4096), validate()
+    // the stride, and the input exists, so both lengths fit in usize.
     let (prepared_len, panel_len) =
         bf16::conv3x3_scratch_len(cin, h, w, stride).expect("scratch fits");
     let x = input.as_slice();

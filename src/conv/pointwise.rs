@@ -45,7 +45,8 @@ pub(super) fn run(call: Call<'_>) {
 /// arithmetic.
 pub(super) fn run_bf16(call: Call<'_>) {
     let (conv, act, parallel) = (call.conv, call.act, call.parallel);
-    // A plan with a bf16 kernel has its bf16 implementation.
+    // Plan::with_precision picks a bf16 kernel only together with its
+    // Bf16Isa, and exec sends only such plans here: never None.
     let isa = conv.plan.bf16().expect("a bf16 plan");
     let (images, [cin, cout, npix]) = images(call);
     let block_len = (cin.div_ceil(2) + 1) * bf16::MR;
